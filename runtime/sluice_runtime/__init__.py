@@ -1,0 +1,1 @@
+"""Sluice runtime: the receiver (durable intake) and the publisher (bulk indexing)."""

@@ -1,0 +1,3 @@
+from sluice_runtime.cli import main
+
+raise SystemExit(main())

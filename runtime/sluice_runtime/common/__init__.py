@@ -1,0 +1,1 @@
+"""What the receiver and the publisher share: config loading, the wire envelope, HTTP plumbing, metrics."""

@@ -1,0 +1,56 @@
+"""The rxtx wire formats, kept byte-compatible so old clients and old rxtx instances work unchanged.
+
+A message envelope is ``{seq, time, uuid, producer, label, key, payload}``; a batch sent to a
+publisher's ``POST /in`` is ``{uuid, size, messages}``.
+"""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from datetime import UTC, datetime
+from typing import Any, TypedDict
+
+import orjson
+
+
+class Envelope(TypedDict):
+    seq: str
+    time: str
+    uuid: str
+    producer: str
+    label: str
+    key: str
+    payload: Any
+
+
+class Batch(TypedDict):
+    uuid: str
+    size: int
+    messages: list[Envelope]
+
+
+def format_seq(seq: int) -> str:
+    # rxtx sends seq as a decimal string; padding to the width of a uint64 keeps lexical order numeric.
+    return f"{seq:020d}"
+
+
+def utc_now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def make_envelope(seq: int, producer: str, key: str, label: str, payload: Any, time: str | None = None) -> Envelope:
+    return Envelope(
+        seq=format_seq(seq),
+        time=time or utc_now_rfc3339(),
+        uuid=str(uuidlib.uuid4()),
+        producer=producer,
+        label=label,
+        key=key,
+        payload=payload,
+    )
+
+
+def encode_batch(messages: list[bytes]) -> bytes:
+    """A batch body from already-encoded envelopes, without decoding them again."""
+    head = orjson.dumps({"uuid": str(uuidlib.uuid4()), "size": len(messages)})
+    return head[:-1] + b',"messages":[' + b",".join(messages) + b"]}"

@@ -1,0 +1,146 @@
+"""Elasticsearch and OpenSearch single nodes on loopback, run as an unprivileged user."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support import provision
+from tests.support.procs import ManagedProcess, free_port
+
+READY_TIMEOUT = 180.0
+
+
+@dataclass(frozen=True)
+class EngineKind:
+    name: str
+    home: Path
+    launcher: str
+    java_home_env: str
+    conf_env: str
+    java_opts_env: str
+
+
+ELASTICSEARCH = EngineKind(
+    "elasticsearch", provision.elasticsearch_home(), "elasticsearch", "ES_JAVA_HOME", "ES_PATH_CONF", "ES_JAVA_OPTS"
+)
+OPENSEARCH = EngineKind(
+    "opensearch",
+    provision.opensearch_home(),
+    "opensearch",
+    "OPENSEARCH_JAVA_HOME",
+    "OPENSEARCH_PATH_CONF",
+    "OPENSEARCH_JAVA_OPTS",
+)
+
+
+def java_home() -> str:
+    if os.environ.get("JAVA_HOME"):
+        return os.environ["JAVA_HOME"]
+    java = shutil.which("java")
+    if java is None:
+        raise RuntimeError("no java on PATH and JAVA_HOME unset; the engines need JDK 17")
+    return str(Path(java).resolve().parent.parent)
+
+
+def get_json(url: str, timeout: float = 5.0) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def cluster_is_healthy(url: str) -> bool:
+    health = get_json(f"{url}/_cluster/health?wait_for_status=yellow&timeout=1s")
+    return health.get("status") in ("green", "yellow")
+
+
+class SearchEngine:
+    """A search engine the tests can query, stop and start again with its data intact."""
+
+    def __init__(self, name: str, url: str, process: ManagedProcess | None = None) -> None:
+        self.name = name
+        self.url = url
+        self.process = process
+
+    @property
+    def managed(self) -> bool:
+        return self.process is not None
+
+    @property
+    def version(self) -> str:
+        nodes = get_json(f"{self.url}/_nodes/_local/http")["nodes"]
+        return str(next(iter(nodes.values()))["version"])
+
+    def start(self) -> None:
+        if self.process is None:
+            raise RuntimeError(f"{self.name} at {self.url} is external; it cannot be started by the tests")
+        if not self.process.alive():
+            self.process.start()
+        self.process.wait_ready(lambda: cluster_is_healthy(self.url), READY_TIMEOUT)
+
+    def stop(self) -> None:
+        if self.process is None:
+            raise RuntimeError(f"{self.name} at {self.url} is external; it cannot be stopped by the tests")
+        self.process.stop()
+
+    def log_tail(self) -> str:
+        return self.process.log_tail() if self.process else "(external engine: no log)"
+
+
+def launch_engine(kind: EngineKind, run_dir: Path, log_dir: Path) -> SearchEngine:
+    """Prepare a private config and data directory under ``run_dir`` and start the node."""
+    launcher = kind.home / "bin" / kind.launcher
+    if not launcher.exists():
+        raise RuntimeError(f"{launcher} is missing: run `make testbed` first")
+    conf_dir, data_dir, engine_logs = run_dir / "config", run_dir / "data", run_dir / "logs"
+    # The engines write a keystore into their config directory, so each node gets its own copy.
+    shutil.copytree(kind.home / "config", conf_dir)
+    data_dir.mkdir()
+    engine_logs.mkdir()
+    _point_jvm_files_at(conf_dir / "jvm.options", data_dir, engine_logs)
+    user = _engine_user()
+    if user is not None:
+        for path in [run_dir, *run_dir.rglob("*")]:
+            os.chown(path, *user)
+    http_port, transport_port = free_port(), free_port()
+    argv = [
+        str(launcher),
+        "-E", "discovery.type=single-node",
+        "-E", f"http.port={http_port}",
+        "-E", f"transport.port={transport_port}",
+        "-E", "network.host=127.0.0.1",
+        "-E", f"path.data={data_dir}",
+        "-E", f"path.logs={engine_logs}",
+        "-E", "cluster.routing.allocation.disk.threshold_enabled=false",
+    ]  # fmt: skip
+    if kind is ELASTICSEARCH:
+        argv += ["-E", "xpack.security.enabled=false"]
+    env = {
+        kind.java_home_env: java_home(),
+        kind.conf_env: str(conf_dir),
+        kind.java_opts_env: "-Xms512m -Xmx512m",
+        "HOME": str(run_dir),
+    }
+    process = ManagedProcess(kind.name, argv, log_dir / f"{kind.name}.log", env=env, cwd=run_dir, preexec_user=user)
+    engine = SearchEngine(kind.name, f"http://127.0.0.1:{http_port}", process)
+    engine.start()
+    return engine
+
+
+def _point_jvm_files_at(jvm_options: Path, data_dir: Path, log_dir: Path) -> None:
+    # The stock options write GC logs and crash files relative to the read-only install directory.
+    text = jvm_options.read_text()
+    text = text.replace("=logs/", f"={log_dir}/")
+    jvm_options.write_text(text.replace("HeapDumpPath=data", f"HeapDumpPath={data_dir}"))
+
+
+def _engine_user() -> tuple[int, int] | None:
+    """Both engines refuse to run as root; as root we drop to the test bed's system user."""
+    if os.geteuid() != 0:
+        return None
+    entry = pwd.getpwnam(provision.ENGINE_USER)
+    return entry.pw_uid, entry.pw_gid
