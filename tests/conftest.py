@@ -60,15 +60,17 @@ def namespace(kube: KubeCluster) -> Iterator[str]:
     kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-def _engine(kind: engines.EngineKind, env_var: str, run_dir: Path, log_dir: Path) -> Iterator[engines.SearchEngine]:
-    external = os.environ.get(env_var)
+def _engine(
+    kind: engines.EngineKind, env_var: str | None, run_dir: Path, log_dir: Path, secured: bool = False
+) -> Iterator[engines.SearchEngine]:
+    external = os.environ.get(env_var) if env_var else None
     if external:
         yield engines.SearchEngine(kind.name, external.rstrip("/"))
         return
-    engine_dir = run_dir / kind.name
-    engine = engines.launch_engine(kind, engine_dir, log_dir)
+    engine_dir = run_dir / (f"{kind.name}-secured" if secured else kind.name)
+    engine = engines.launch_engine(kind, engine_dir, log_dir, secured=secured)
     assert engine.process is not None
-    _LOGGED[kind.name] = [engine.process]
+    _LOGGED[engine.name] = [engine.process]
     try:
         yield engine
     finally:
@@ -86,13 +88,25 @@ def opensearch(testbed_run_dir: Path, testbed_log_dir: Path) -> Iterator[engines
     yield from _engine(engines.OPENSEARCH, "SLUICE_TEST_OPENSEARCH_URL", testbed_run_dir, testbed_log_dir)
 
 
+@pytest.fixture(scope="session")
+def secured_elasticsearch(testbed_run_dir: Path, testbed_log_dir: Path) -> Iterator[engines.SearchEngine]:
+    """Elasticsearch with HTTPS (a CA made for the session) and a file-realm superuser."""
+    yield from _engine(engines.ELASTICSEARCH, None, testbed_run_dir, testbed_log_dir, secured=True)
+
+
 @pytest.fixture(params=["elasticsearch", "opensearch"])
 def search_engine(request: pytest.FixtureRequest) -> engines.SearchEngine:
     engine: engines.SearchEngine = request.getfixturevalue(request.param)
     return engine
 
 
-_FIXTURE_LOGS = {"kube": "kube", "namespace": "kube", "elasticsearch": "elasticsearch", "opensearch": "opensearch"}
+_FIXTURE_LOGS = {
+    "kube": "kube",
+    "namespace": "kube",
+    "elasticsearch": "elasticsearch",
+    "opensearch": "opensearch",
+    "secured_elasticsearch": "elasticsearch-secured",
+}
 
 
 @pytest.hookimpl(wrapper=True)

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pwd
+import secrets
 import shutil
+import ssl
+import subprocess
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.support import provision
+from tests.support.certs import make_certificates
 from tests.support.procs import ManagedProcess, free_port
 
 READY_TIMEOUT = 180.0
@@ -48,23 +55,44 @@ def java_home() -> str:
     return str(Path(java).resolve().parent.parent)
 
 
-def get_json(url: str, timeout: float = 5.0) -> dict:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+@dataclass(frozen=True)
+class Security:
+    """How to reach a node that has TLS and authentication on: a basic-auth superuser and the CA to trust."""
+
+    username: str
+    password: str
+    ca_file: Path
+
+    def headers(self) -> dict[str, str]:
+        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+
+def get_json(url: str, timeout: float = 5.0, security: Security | None = None) -> dict:
+    request = urllib.request.Request(url, headers=security.headers() if security else {})
+    context = security.ssl_context() if security else None
+    with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
         return json.loads(response.read())
 
 
-def cluster_is_healthy(url: str) -> bool:
-    health = get_json(f"{url}/_cluster/health?wait_for_status=yellow&timeout=1s")
+def cluster_is_healthy(url: str, security: Security | None = None) -> bool:
+    health = get_json(f"{url}/_cluster/health?wait_for_status=yellow&timeout=1s", security=security)
     return health.get("status") in ("green", "yellow")
 
 
 class SearchEngine:
     """A search engine the tests can query, stop and start again with its data intact."""
 
-    def __init__(self, name: str, url: str, process: ManagedProcess | None = None) -> None:
+    def __init__(
+        self, name: str, url: str, process: ManagedProcess | None = None, security: Security | None = None
+    ) -> None:
         self.name = name
         self.url = url
         self.process = process
+        self.security = security
 
     @property
     def managed(self) -> bool:
@@ -72,7 +100,7 @@ class SearchEngine:
 
     @property
     def version(self) -> str:
-        nodes = get_json(f"{self.url}/_nodes/_local/http")["nodes"]
+        nodes = get_json(f"{self.url}/_nodes/_local/http", security=self.security)["nodes"]
         return str(next(iter(nodes.values()))["version"])
 
     def start(self) -> None:
@@ -80,7 +108,7 @@ class SearchEngine:
             raise RuntimeError(f"{self.name} at {self.url} is external; it cannot be started by the tests")
         if not self.process.alive():
             self.process.start()
-        self.process.wait_ready(lambda: cluster_is_healthy(self.url), READY_TIMEOUT)
+        self.process.wait_ready(lambda: cluster_is_healthy(self.url, self.security), READY_TIMEOUT)
 
     def stop(self) -> None:
         if self.process is None:
@@ -91,8 +119,12 @@ class SearchEngine:
         return self.process.log_tail() if self.process else "(external engine: no log)"
 
 
-def launch_engine(kind: EngineKind, run_dir: Path, log_dir: Path) -> SearchEngine:
-    """Prepare a private config and data directory under ``run_dir`` and start the node."""
+def launch_engine(kind: EngineKind, run_dir: Path, log_dir: Path, secured: bool = False) -> SearchEngine:
+    """Prepare a private config and data directory under ``run_dir`` and start the node.
+
+    ``secured`` (Elasticsearch only) turns on HTTPS with a CA made for the run and a file-realm
+    superuser, as a production cluster would have them.
+    """
     launcher = kind.home / "bin" / kind.launcher
     if not launcher.exists():
         raise RuntimeError(f"{launcher} is missing: run `make testbed` first")
@@ -102,6 +134,13 @@ def launch_engine(kind: EngineKind, run_dir: Path, log_dir: Path) -> SearchEngin
     data_dir.mkdir()
     engine_logs.mkdir()
     _point_jvm_files_at(conf_dir / "jvm.options", data_dir, engine_logs)
+    env = {
+        kind.java_home_env: java_home(),
+        kind.conf_env: str(conf_dir),
+        kind.java_opts_env: "-Xms512m -Xmx512m",
+        "HOME": str(run_dir),
+    }
+    security = _secure(kind, conf_dir, env) if secured else None
     user = _engine_user()
     if user is not None:
         for path in [run_dir, *run_dir.rglob("*")]:
@@ -117,18 +156,38 @@ def launch_engine(kind: EngineKind, run_dir: Path, log_dir: Path) -> SearchEngin
         "-E", f"path.logs={engine_logs}",
         "-E", "cluster.routing.allocation.disk.threshold_enabled=false",
     ]  # fmt: skip
-    if kind is ELASTICSEARCH:
+    if security is not None:
+        argv += [
+            "-E", "xpack.security.enabled=true",
+            "-E", "xpack.security.http.ssl.enabled=true",
+            "-E", "xpack.security.http.ssl.certificate=certs/node.crt",
+            "-E", "xpack.security.http.ssl.key=certs/node.key",
+        ]  # fmt: skip
+    elif kind is ELASTICSEARCH:
         argv += ["-E", "xpack.security.enabled=false"]
-    env = {
-        kind.java_home_env: java_home(),
-        kind.conf_env: str(conf_dir),
-        kind.java_opts_env: "-Xms512m -Xmx512m",
-        "HOME": str(run_dir),
-    }
-    process = ManagedProcess(kind.name, argv, log_dir / f"{kind.name}.log", env=env, cwd=run_dir, preexec_user=user)
-    engine = SearchEngine(kind.name, f"http://127.0.0.1:{http_port}", process)
+    name = f"{kind.name}-secured" if security else kind.name
+    process = ManagedProcess(name, argv, log_dir / f"{name}.log", env=env, cwd=run_dir, preexec_user=user)
+    scheme = "https" if security else "http"
+    engine = SearchEngine(name, f"{scheme}://127.0.0.1:{http_port}", process, security)
     engine.start()
     return engine
+
+
+SUPERUSER = "sluice-admin"
+
+
+def _secure(kind: EngineKind, conf_dir: Path, env: dict[str, str]) -> Security:
+    if kind is not ELASTICSEARCH:
+        raise ValueError(f"a secured {kind.name} is not available in the test bed")
+    certificates = make_certificates(conf_dir / "certs")
+    password = secrets.token_urlsafe(16)
+    subprocess.run(
+        [str(kind.home / "bin" / "elasticsearch-users"), "useradd", SUPERUSER, "-p", password, "-r", "superuser"],
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+    )
+    return Security(SUPERUSER, password, certificates.ca)
 
 
 def _point_jvm_files_at(jvm_options: Path, data_dir: Path, log_dir: Path) -> None:
@@ -144,3 +203,19 @@ def _engine_user() -> tuple[int, int] | None:
         return None
     entry = pwd.getpwnam(provision.ENGINE_USER)
     return entry.pw_uid, entry.pw_gid
+
+
+def call(engine: SearchEngine, method: str, path: str, body: Any = None, ndjson: bool = False) -> tuple[int, Any]:
+    """One REST call as the test's superuser; returns the status and the decoded body, errors included."""
+    data = None
+    headers = engine.security.headers() if engine.security else {}
+    if body is not None:
+        data = body.encode() if ndjson else json.dumps(body).encode()
+        headers["Content-Type"] = "application/x-ndjson" if ndjson else "application/json"
+    request = urllib.request.Request(f"{engine.url}{path}", data=data, method=method, headers=headers)
+    try:
+        context = engine.security.ssl_context() if engine.security else None
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())

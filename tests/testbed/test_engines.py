@@ -3,30 +3,13 @@
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 import uuid
-from typing import Any
 
 import pytest
 
-from tests.support.engines import SearchEngine
+from tests.support.engines import SearchEngine, call
 
 pytestmark = pytest.mark.engines
-
-
-def call(engine: SearchEngine, method: str, path: str, body: Any = None, ndjson: bool = False) -> tuple[int, Any]:
-    data = None
-    headers = {}
-    if body is not None:
-        data = body.encode() if ndjson else json.dumps(body).encode()
-        headers["Content-Type"] = "application/x-ndjson" if ndjson else "application/json"
-    request = urllib.request.Request(f"{engine.url}{path}", data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def test_cluster_health_is_green_or_yellow(search_engine: SearchEngine) -> None:

@@ -56,6 +56,16 @@ def parse_duration(value: Any) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
+def _comma_list(value: Any) -> Any:
+    # Flags and environment variables carry lists as "a,b,c".
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], BeforeValidator(_comma_list)]
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting reachable from a flag, an environment variable and a YAML key."""

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import AfterValidator
 
 ReadinessCheck = Callable[[], tuple[bool, str]]
 StatusReport = Callable[[], Mapping[str, Any]]
@@ -56,13 +58,22 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-async def start_site(app: web.Application, listen: str) -> web.AppRunner:
+def _valid_listen(value: str) -> str:
+    parse_listen(value)
+    return value
+
+
+# A settings field holding HOST:PORT, refused at load time rather than when the server binds.
+ListenAddress = Annotated[str, AfterValidator(_valid_listen)]
+
+
+async def start_site(app: web.Application, listen: str, ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
     """Start serving ``app``; the caller owns the returned runner and must clean it up."""
     host, port = parse_listen(listen)
     # The default access logger formats a line per request even when the log level drops it.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10.0)
     await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context).start()
     return runner
 
 

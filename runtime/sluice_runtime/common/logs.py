@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import Literal
 
 import orjson
+
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 

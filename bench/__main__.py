@@ -1,0 +1,157 @@
+"""``make bench``: the runtime against the direct ``_bulk`` ceiling and against the previous version.
+
+Everything is measured in this run, on this machine, against the same search node, so the ratios
+mean something even where the absolute numbers do not travel. Results go to ``bench/results/``
+as JSON and as a PNG chart. Nothing here is asserted; the numbers are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import loads, report
+from bench.processes import RuntimeVersion, running_publisher, running_receiver
+from tests.support import engines, provision
+from tests.support.procs import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--es-url", help="use this engine instead of starting the test bed's Elasticsearch")
+    parser.add_argument("--documents", type=int, default=20000, help="documents per measurement")
+    parser.add_argument("--batch-sizes", default="100,500,1000,4000", help="comma-separated batch sizes")
+    parser.add_argument("--concurrency", type=int, default=2, help="batches in flight (the receiver default is 2)")
+    parser.add_argument("--rx-messages", type=int, default=20000, help="single-message POSTs to the receiver")
+    parser.add_argument("--backlog-messages", type=int, default=1_000_000, help="NDJSON messages queued, then drained")
+    parser.add_argument("--rx-concurrency", type=int, default=50, help="concurrent receiver clients")
+    parser.add_argument("--previous", default="HEAD~1", help="git ref of the previous version ('' to skip)")
+    return parser.parse_args(argv)
+
+
+@contextlib.contextmanager
+def search_engine(url: str | None, work: Path) -> Iterator[str]:
+    if url:
+        yield url.rstrip("/")
+        return
+    run_dir = provision.engines_dir() / "runs" / f"bench-{int(time.time())}"
+    run_dir.mkdir(parents=True)
+    run_dir.chmod(0o755)
+    engine = engines.launch_engine(engines.ELASTICSEARCH, run_dir / "es", work / "logs")
+    try:
+        yield engine.url
+    finally:
+        engine.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def previous_version(ref: str, work: Path) -> Iterator[RuntimeVersion | None]:
+    if not ref:
+        yield None
+        return
+    tree = work / "previous"
+    added = subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), ref], capture_output=True)
+    try:
+        if added.returncode != 0 or not (tree / "runtime" / "sluice_runtime" / "publisher").is_dir():
+            print(f"previous version {ref!r}: no runtime there to compare with", flush=True)
+            yield None
+        else:
+            yield RuntimeVersion(ref, tree / "runtime")
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
+
+
+def measure_version(version: RuntimeVersion, engine_url: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    results: dict[str, Any] = {"publisherIn": {}}
+    queue_dir = work / f"{version.label}-receiver"
+    nowhere = f"http://127.0.0.1:{free_port()}/in"  # intake alone: the forwarder finds no publisher
+    with running_receiver(version, nowhere, queue_dir, args.backlog_messages * 2) as receiver:
+        print(f"[{version.name}] receiver POST /rx, {args.rx_concurrency} connections, 500-byte bodies", flush=True)
+        measured = asyncio.run(loads.receiver_rx(receiver.url, args.rx_messages, args.rx_concurrency))
+        results["receiverRx"] = measured.summary()
+        print(f"  {measured.per_second:,.0f} acknowledged msg/s, p99 {measured.percentile(0.99) * 1000:.1f} ms")
+        print(f"[{version.name}] receiver NDJSON, 1000 messages a request", flush=True)
+        measured = asyncio.run(loads.receiver_ndjson(receiver.url, args.backlog_messages, 1000, 8))
+        results["receiverNdjson"] = measured.summary()
+        print(f"  {measured.per_second:,.0f} acknowledged msg/s", flush=True)
+    with running_publisher(version, engine_url, work / f"{version.label}-publisher") as publisher:
+        print(f"[{version.name}] publisher POST /in", flush=True)
+        for size in args.sizes:
+            measured = asyncio.run(loads.publisher_in(publisher.url, args.documents, size, args.concurrency))
+            results["publisherIn"][str(size)] = measured.summary()
+            print(f"  batch {size}: {measured.per_second:,.0f} docs/s", flush=True)
+        # The same queue again, now with its backlog on disk and a publisher to drain it into.
+        with running_receiver(version, publisher.url, queue_dir, args.backlog_messages * 2) as receiver:
+            backlog = int(receiver.status()["backlog"])
+            rss = receiver.rss_mib()
+            results["receiverRssMiBWithBacklog"] = {"backlog": backlog, "rssMiB": round(rss, 1)}
+            print(f"[{version.name}] {backlog:,} queued: receiver RSS {rss:.0f} MiB; draining", flush=True)
+            started = time.perf_counter()
+            while receiver.status()["backlog"] > 0:
+                time.sleep(0.2)
+            seconds = time.perf_counter() - started
+            rate = backlog / seconds
+            results["drainToEngine"] = {"messages": backlog, "seconds": round(seconds, 2), "perSecond": round(rate, 1)}
+            print(f"  drained at {rate:,.0f} msg/s", flush=True)
+    return results
+
+
+def measure_ceiling(engine_url: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    print("[ceiling] direct _bulk", flush=True)
+    ceiling = {}
+    for size in args.sizes:
+        measured = asyncio.run(loads.direct_bulk(engine_url, args.documents, size, args.concurrency))
+        ceiling[str(size)] = measured.summary()
+        print(f"  batch {size}: {measured.per_second:,.0f} docs/s", flush=True)
+    return ceiling
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.sizes = [int(size) for size in args.batch_sizes.split(",")]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-") as scratch:
+        work = Path(scratch)
+        with search_engine(args.es_url, work) as engine_url, previous_version(args.previous, work) as previous:
+            # A cold JVM is slow: warm the engine up, then take the ceiling before and after, keeping the best.
+            asyncio.run(loads.direct_bulk(engine_url, args.documents, max(args.sizes), args.concurrency))
+            first = measure_ceiling(engine_url, args)
+            current = measure_version(RuntimeVersion("working tree", ROOT / "runtime"), engine_url, args, work)
+            before = measure_version(previous, engine_url, args, work) if previous else None
+            second = measure_ceiling(engine_url, args)
+    ceiling = {size: max(first[size], second[size], key=lambda m: m["perSecond"]) for size in first}
+    results = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": report.machine(),
+        "settings": {key: value for key, value in vars(args).items() if key != "sizes"},
+        "directBulk": ceiling,
+        "current": current,
+        "previous": before,
+        "previousRef": args.previous if before else None,
+    }
+    results["ratios"] = report.ratios(results)
+    stem = RESULTS / datetime.now(UTC).strftime("bench-%Y%m%dT%H%M%SZ")
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    report.chart(results, stem.with_suffix(".png"))
+    print(json.dumps(results["ratios"], indent=2))
+    print(f"wrote {stem}.json and {stem}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""rxtx batches turned into search engine documents, in rtBeat's shape, with deterministic ids.
+
+A document is ``{"@timestamp": <message time>, "rxtxMsg": {seq, time, uuid, producer, label, key,
+payload}}`` as rtBeat wrote it, so existing fields files and dashboards keep working. rtBeat stamped
+``@timestamp`` with the time it published; here it is the message time, so a re-sent message
+produces the very same document.
+
+The ``_id`` is the message ``uuid``. The receiver (or rxtx) assigns it once, when the message is
+first stored, and keeps it with the message, so it is the same on every retry, every re-sent batch
+and after restarts; and unlike ``seq`` it does not repeat when a receiver's store is rebuilt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from sluice_runtime.publisher.indexname import IndexPattern
+
+MAX_ID_BYTES = 512  # Elasticsearch's limit on _id
+
+
+class BatchError(ValueError):
+    """A batch that cannot be indexed as sent; the message says where and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    index: str
+    id: str
+    time: datetime
+    source: bytes
+    dead_letter: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    uuid: str
+    documents: list[Document]
+
+
+def parse_batch(body: bytes, index: IndexPattern) -> Batch:
+    """Decode and check an rxtx batch ``{uuid, size, messages}``; raise :class:`BatchError` naming the problem."""
+    try:
+        batch = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BatchError(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(batch, dict):
+        raise BatchError("the body must be a JSON object {uuid, size, messages}")
+    batch_uuid = batch.get("uuid", "")
+    if not isinstance(batch_uuid, str):
+        raise BatchError("uuid must be a string")
+    # rxtx (Go) encodes an empty batch's messages as null.
+    messages = batch.get("messages")
+    if messages is None:
+        messages = []
+    if not isinstance(messages, list):
+        raise BatchError("messages must be a list")
+    size = batch.get("size", len(messages))
+    if isinstance(size, bool) or not isinstance(size, int) or size != len(messages):
+        raise BatchError(f"size is {size!r} but messages holds {len(messages)}")
+    return Batch(batch_uuid, [to_document(message, position, index) for position, message in enumerate(messages)])
+
+
+def to_document(message: Any, position: int, index: IndexPattern) -> Document:
+    where = f"messages[{position}]"
+    if not isinstance(message, dict):
+        raise BatchError(f"{where} must be an object")
+    uuid = message.get("uuid")
+    if not isinstance(uuid, str) or not uuid or len(uuid.encode()) > MAX_ID_BYTES:
+        raise BatchError(f"{where}.uuid must be a non-empty string of at most {MAX_ID_BYTES} bytes (it is the _id)")
+    seq = message.get("seq", "")
+    if isinstance(seq, bool) or not isinstance(seq, str | int):
+        raise BatchError(f"{where}.seq must be a string or an integer")
+    raw_time = message.get("time")
+    when = parse_time(raw_time)
+    if when is None:
+        raise BatchError(f"{where}.time must be an RFC 3339 time, not {raw_time!r}")
+    texts = {name: message.get(name, "") for name in ("producer", "label", "key")}
+    for name, value in texts.items():
+        if not isinstance(value, str):
+            raise BatchError(f"{where}.{name} must be a string")
+    source = {
+        "@timestamp": format_timestamp(when),
+        "rxtxMsg": {
+            "seq": str(seq),
+            "time": raw_time,
+            "uuid": uuid,
+            **texts,
+            "payload": message.get("payload"),
+        },
+    }
+    return Document(index.render(when), uuid, when, orjson.dumps(source))
+
+
+def parse_time(value: Any) -> datetime | None:
+    """A UTC datetime from an RFC 3339 string (Go's nanoseconds included); naive times count as UTC."""
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def format_timestamp(when: datetime) -> str:
+    # Milliseconds, because that is what a `date` field keeps on every engine version.
+    return when.isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
+
+
+def dead_letter(document: Document, index: IndexPattern, status: int, error: dict[str, Any], now: datetime) -> Document:
+    """The dead-letter record for a document the engine refused.
+
+    The original goes in as a JSON string, so that the very mapping conflict that rejected it
+    cannot reject its dead letter too. It keeps the original ``_id`` and lands in the index for
+    the message's own time, so a re-sent message is recognised there as already dead-lettered.
+    """
+    source = {
+        "@timestamp": format_timestamp(now),
+        "index": document.index,
+        "id": document.id,
+        "error": {"status": status, "type": str(error.get("type", "")), "reason": describe_error(error)},
+        "document": document.source.decode(),
+    }
+    return Document(index.render(document.time), document.id, document.time, orjson.dumps(source), dead_letter=True)
+
+
+def describe_error(error: dict[str, Any]) -> str:
+    """An engine error object as one line: reason, then each nested cause."""
+    parts: list[str] = []
+    cause: Any = error
+    while isinstance(cause, dict) and len(parts) < 5:
+        parts.append(f"{cause.get('type', 'error')}: {cause.get('reason', '')}".strip())
+        cause = cause.get("caused_by")
+    return " / caused by ".join(parts)

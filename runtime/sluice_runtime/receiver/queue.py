@@ -1,0 +1,351 @@
+"""The durable queue: a LevelDB of encoded envelopes keyed by sequence number, written by group commit.
+
+Keys are ``b"m" + seq`` as 8 big-endian bytes, so key order is arrival order. The next sequence
+number is also stored (``b"s:next"``) in every write, so ``seq`` stays monotonic across restarts
+even after the queue has drained empty.
+
+Every database operation runs on one dedicated thread, in the order it was submitted. That single
+writer is what makes group commit work: while one ``WriteBatch(sync=True)`` is being fsync'd,
+new requests gather, and the next wake-up writes all of them (and any pending deletes) in one
+batch. It also serialises the forwarder's reads with drops and deletes, so a key can never be both
+claimed for sending and dropped.
+
+The forwarder *claims* messages past a cursor (kept in memory; it starts at the head after a
+restart) and later *removes* them once the publisher has acknowledged them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import orjson
+import plyvel
+
+log = logging.getLogger("sluice.receiver.queue")
+
+MESSAGE_PREFIX = b"m"
+MESSAGES_END = b"n"  # first key after every message key
+NEXT_SEQ_KEY = b"s:next"
+# A larger memtable than LevelDB's 4 MiB means fewer level-0 files and fewer write stalls under
+# sustained intake; two of them at most are in memory, which fits the 150 MB RSS budget.
+WRITE_BUFFER_BYTES = 32 * 1024 * 1024
+REOPEN_INTERVAL = 1.0  # seconds between attempts to reopen the database after a write error
+
+
+def message_key(seq: int) -> bytes:
+    return MESSAGE_PREFIX + seq.to_bytes(8, "big")
+
+
+def key_seq(key: bytes) -> int:
+    return int.from_bytes(key[1:], "big")
+
+
+class QueueFull(Exception):
+    """The queue holds ``maxMessages`` and the policy is to reject."""
+
+
+class StoreError(Exception):
+    """The database could not take a write (disk full, unwritable, closed); nothing of it was stored."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    keys: list[bytes]
+    values: list[bytes]
+    more: bool = False  # stopped at a limit with more messages behind it
+
+    @property
+    def size(self) -> int:
+        return len(self.keys)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(value) for value in self.values)
+
+
+@dataclass(frozen=True, slots=True)
+class _Applied:
+    dropped: int
+    head_time: float | None  # wall-clock time of the oldest message, when the head may have moved
+
+
+def envelope_time(value: bytes) -> float | None:
+    try:
+        return datetime.fromisoformat(orjson.loads(value)["time"]).timestamp()
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+class MessageQueue:
+    def __init__(
+        self,
+        path: Path,
+        max_messages: int,
+        drop_oldest: bool = False,
+        on_commit: Callable[[int, float, int], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.max_messages = max_messages
+        self.drop_oldest = drop_oldest
+        self._on_commit = on_commit
+        self._db: plyvel.DB | None = None
+        self._broken = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-leveldb")
+        self._next_seq = 1
+        self._cursor = 0  # highest seq claimed by the forwarder (touched on the database thread only)
+        # Bookkeeping below is only changed on the event loop, from results the database thread returns.
+        self.count = 0  # messages on disk
+        self.unclaimed = 0  # messages on disk past the cursor
+        self.dropped = 0
+        self.head_time: float | None = None
+        self.last_error: str | None = None
+        self._puts: list[tuple[bytes, bytes]] = []
+        self._put_waiters: list[asyncio.Future[None]] = []
+        self._deletes: list[bytes] = []
+        self._delete_waiters: list[asyncio.Future[None]] = []
+        self._wake = asyncio.Event()
+        self._data = asyncio.Event()  # set whenever new messages become claimable
+        self._closing = False
+        self._committer: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        count, head_time, next_seq = await loop.run_in_executor(self._executor, self._open)
+        self.count = self.unclaimed = count
+        self.head_time = head_time
+        self._next_seq = next_seq
+        if count:
+            self._data.set()
+        self._committer = asyncio.create_task(self._commit_loop(), name="sluice-group-commit")
+        log.info("queue opened", extra={"path": str(self.path), "backlog": count, "nextSeq": next_seq})
+
+    def _open(self) -> tuple[int, float | None, int]:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._db = self._open_db()
+        count = 0
+        first: bytes | None = None
+        last_key: bytes | None = None
+        for key, value in self._db.iterator(start=MESSAGE_PREFIX, stop=MESSAGES_END):
+            if first is None:
+                first = value
+            last_key = key
+            count += 1
+        stored = self._db.get(NEXT_SEQ_KEY)
+        next_seq = max(
+            int.from_bytes(stored, "big") if stored else 1,
+            key_seq(last_key) + 1 if last_key else 1,
+        )
+        return count, envelope_time(first) if first else None, next_seq
+
+    async def close(self) -> None:
+        """Finish every pending write, then close the database."""
+        self._closing = True
+        self._wake.set()
+        if self._committer is not None:
+            await self._committer
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._close_db)
+        self._executor.shutdown(wait=True)
+
+    def _close_db(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._db is not None and not self._closing
+
+    @property
+    def healthy(self) -> bool:
+        return self.is_open and not self._broken
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    @property
+    def data_available(self) -> asyncio.Event:
+        return self._data
+
+    # -- intake ------------------------------------------------------------------------------
+
+    def reserve(self, count: int) -> int:
+        """The first of ``count`` new sequence numbers, or :class:`QueueFull` under the reject policy."""
+        if self._closing:
+            raise StoreError("the receiver is shutting down")
+        if not self.drop_oldest and self.count + len(self._puts) + count > self.max_messages:
+            raise QueueFull(f"the queue holds {self.count} of at most {self.max_messages} messages")
+        first = self._next_seq
+        self._next_seq += count
+        return first
+
+    async def append(self, entries: list[tuple[int, bytes]]) -> None:
+        """Store ``(seq, envelope)`` pairs; returns once they are fsync'd, all or none."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._puts.extend((message_key(seq), value) for seq, value in entries)
+        self._put_waiters.append(future)
+        self._wake.set()
+        await future
+
+    # -- forwarding --------------------------------------------------------------------------
+
+    async def claim(self, max_messages: int, max_bytes: int) -> Claim:
+        """The next messages past the cursor, in key order, within both limits (at least one if any)."""
+        loop = asyncio.get_running_loop()
+        claim = await loop.run_in_executor(self._executor, self._claim, max_messages, max_bytes)
+        self.unclaimed -= claim.size
+        # An empty claim means nothing is past the cursor: never let the count say otherwise (that
+        # would have the forwarder claim in a loop).
+        if self.unclaimed <= 0 or (not claim.size and self.healthy):
+            self.unclaimed = 0
+            self._data.clear()
+        return claim
+
+    def _claim(self, max_messages: int, max_bytes: int) -> Claim:
+        if self._db is None:
+            return Claim([], [])
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        nbytes = 0
+        more = False
+        for key, value in self._db.iterator(start=message_key(self._cursor + 1), stop=MESSAGES_END):
+            if keys and (len(keys) >= max_messages or nbytes + len(value) > max_bytes):
+                more = True
+                break
+            keys.append(key)
+            values.append(value)
+            nbytes += len(value)
+        if keys:
+            self._cursor = key_seq(keys[-1])
+        return Claim(keys, values, more)
+
+    async def remove(self, keys: list[bytes]) -> None:
+        """Delete acknowledged messages (with fsync, in the next group commit)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._deletes.extend(keys)
+        self._delete_waiters.append(future)
+        self._wake.set()
+        await future
+
+    # -- the single writer -------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._puts and not self._deletes:
+                if self._closing:
+                    return
+                self._wake.clear()
+                if not self._broken:
+                    await self._wake.wait()
+                    continue
+                # After a failed write, heal without waiting for traffic: an unready receiver gets none.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), REOPEN_INTERVAL)
+                if self._broken and not self._puts and not self._deletes and not self._closing:
+                    await self._try_reopen()
+                continue
+            puts, put_waiters = self._puts, self._put_waiters
+            deletes, delete_waiters = self._deletes, self._delete_waiters
+            self._puts, self._put_waiters, self._deletes, self._delete_waiters = [], [], [], []
+            overflow = self.count + len(puts) - len(deletes) - self.max_messages
+            drop = min(max(0, overflow), self.unclaimed) if self.drop_oldest and puts else 0
+            next_seq = self._next_seq
+            started = time.perf_counter()
+            try:
+                applied = await loop.run_in_executor(self._executor, self._apply, puts, deletes, drop, next_seq)
+            except Exception as exc:  # plyvel.Error, OSError: nothing of this batch is stored
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("queue write failed", extra={"error": self.last_error, "messages": len(puts)})
+                error = StoreError(self.last_error)
+                for future in (*put_waiters, *delete_waiters):
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            self._account(len(puts), len(deletes), applied, puts)
+            if self._on_commit is not None:
+                self._on_commit(len(puts), time.perf_counter() - started, applied.dropped)
+            for future in (*put_waiters, *delete_waiters):
+                if not future.done():
+                    future.set_result(None)
+
+    def _account(self, added: int, deleted: int, applied: _Applied, puts: list[tuple[bytes, bytes]]) -> None:
+        was_empty = self.count == 0
+        self.count += added - deleted - applied.dropped
+        self.unclaimed += added - applied.dropped
+        self.dropped += applied.dropped
+        if applied.head_time is not None or deleted or applied.dropped:
+            self.head_time = applied.head_time
+        elif was_empty and puts:
+            self.head_time = envelope_time(puts[0][1])
+        if self.count == 0:
+            self.head_time = None
+        if added:
+            self._data.set()
+
+    def _apply(self, puts: list[tuple[bytes, bytes]], deletes: list[bytes], drop: int, next_seq: int) -> _Applied:
+        if self._broken or self._db is None:
+            self._reopen()
+        db = self._db
+        assert db is not None
+        dropped = 0
+        try:
+            with db.write_batch(sync=True) as batch:
+                for key in deletes:
+                    batch.delete(key)
+                if drop:
+                    # The oldest messages the forwarder has not claimed: claimed ones are being sent.
+                    for key in db.iterator(start=message_key(self._cursor + 1), stop=MESSAGES_END, include_value=False):
+                        batch.delete(key)
+                        dropped += 1
+                        if dropped >= drop:
+                            break
+                for key, value in puts:
+                    batch.put(key, value)
+                if puts:
+                    batch.put(NEXT_SEQ_KEY, next_seq.to_bytes(8, "big"))
+        except Exception:
+            # LevelDB keeps a failed write's error and refuses all later writes; reopen before the next one.
+            self._broken = True
+            raise
+        head_time: float | None = None
+        if deletes or dropped:
+            for _, value in db.iterator(start=MESSAGE_PREFIX, stop=MESSAGES_END):
+                head_time = envelope_time(value)
+                break
+        return _Applied(dropped, head_time)
+
+    async def _try_reopen(self) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._reopen)
+        except Exception as exc:  # still failing (disk still full?): try again later
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("queue database still unusable", extra={"error": self.last_error})
+
+    def _open_db(self) -> plyvel.DB:
+        try:
+            return plyvel.DB(
+                str(self.path), create_if_missing=True, paranoid_checks=True, write_buffer_size=WRITE_BUFFER_BYTES
+            )
+        except plyvel.CorruptionError as exc:
+            # A damaged record (a torn write after a power cut) must not keep the whole queue from
+            # opening: open leniently, which skips what cannot be read, and say so loudly.
+            log.error("queue database damaged; opening it without paranoid checks", extra={"error": str(exc)})
+            return plyvel.DB(str(self.path), create_if_missing=True, write_buffer_size=WRITE_BUFFER_BYTES)
+
+    def _reopen(self) -> None:
+        self._close_db()
+        self._db = self._open_db()
+        self._broken = False
+        log.warning("queue database reopened after an error", extra={"path": str(self.path)})

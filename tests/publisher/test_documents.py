@@ -1,0 +1,106 @@
+"""rxtx batches become rtBeat-shaped documents with stable ids, in the index their time names."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from sluice_runtime.common.envelope import encode_batch, make_envelope
+from sluice_runtime.publisher.documents import BatchError, parse_batch
+from sluice_runtime.publisher.indexname import IndexPattern
+
+MONTHLY = IndexPattern("wx-rtbeat-%{+yyyy.MM}")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "when", "name"),
+    [
+        ("wx-rtbeat-%{+yyyy.MM}", datetime(2026, 1, 31, 23, 59, tzinfo=UTC), "wx-rtbeat-2026.01"),
+        ("logs-%{+yyyy.MM.dd}", datetime(2026, 11, 5, tzinfo=UTC), "logs-2026.11.05"),
+        ("w-%{+xxxx.ww}", datetime(2027, 1, 1, tzinfo=UTC), "w-2026.53"),
+        ("static", datetime(2026, 1, 1, tzinfo=UTC), "static"),
+        ("a-%{+yyyy}-b-%{+MM}", datetime(2026, 7, 1, tzinfo=UTC), "a-2026-b-07"),
+    ],
+)
+def test_index_pattern_date_math(pattern: str, when: datetime, name: str) -> None:
+    assert IndexPattern(pattern).render(when) == name
+
+
+def test_index_pattern_wildcard_for_templates() -> None:
+    assert MONTHLY.wildcard() == "wx-rtbeat-*"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "problem"),
+    [
+        ("", "empty"),
+        ("Wx-%{+yyyy}", "lowercase"),
+        ("wx rtbeat", "cannot contain"),
+        ("_wx", "cannot start"),
+        ("wx-%{beat.name}", "only date math"),
+        ("wx-%{+yyyy.QQ}", "unknown date token 'QQ'"),
+    ],
+)
+def test_invalid_index_patterns_are_refused(pattern: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        IndexPattern(pattern)
+
+
+def test_batch_becomes_rtbeat_documents_with_uuid_ids() -> None:
+    time = "2026-03-04T05:06:07.123Z"
+    envelope = make_envelope(7, "station-1", "readings", "roof/north", {"temperature": 21.5}, time)
+    body = encode_batch([orjson.dumps(envelope)])
+    batch = parse_batch(body, MONTHLY)
+    (document,) = batch.documents
+    assert document.id == envelope["uuid"]
+    assert document.index == "wx-rtbeat-2026.03"
+    assert orjson.loads(document.source) == {
+        "@timestamp": "2026-03-04T05:06:07.123Z",
+        "rxtxMsg": {
+            "seq": envelope["seq"],
+            "time": "2026-03-04T05:06:07.123Z",
+            "uuid": envelope["uuid"],
+            "producer": "station-1",
+            "label": "roof/north",
+            "key": "readings",
+            "payload": {"temperature": 21.5},
+        },
+    }
+    # The same message always yields the same document: a resend overwrites nothing and adds nothing.
+    assert parse_batch(body, MONTHLY).documents == batch.documents
+
+
+def test_go_rxtx_batches_are_accepted() -> None:
+    # rxtx (Go) writes nanosecond times with a zone offset, seq as a string, and null for no messages.
+    message = {
+        "seq": "42",
+        "time": "2018-06-01T10:00:00.123456789+02:00",
+        "uuid": "b0d1f7a2-6a53-4c5e-9d1b-1f7f0e0c9a11",
+        "producer": "me",
+        "label": "x",
+        "key": "k",
+        "payload": {"a": 1},
+    }
+    batch = parse_batch(orjson.dumps({"uuid": "u", "size": 1, "messages": [message]}), MONTHLY)
+    assert batch.documents[0].index == "wx-rtbeat-2018.06"
+    assert orjson.loads(batch.documents[0].source)["@timestamp"] == "2018-06-01T08:00:00.123Z"
+    assert parse_batch(b'{"uuid":"u","size":0,"messages":null}', MONTHLY).documents == []
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[]", "must be a JSON object"),
+        (b'{"uuid":"u","size":2,"messages":[]}', "size is 2 but messages holds 0"),
+        (b'{"uuid":"u","messages":{}}', "messages must be a list"),
+        (b'{"uuid":"u","messages":[{"time":"2026-01-01T00:00:00Z"}]}', r"messages\[0\]\.uuid"),
+        (b'{"uuid":"u","messages":[{"uuid":"a","time":"yesterday"}]}', r"messages\[0\]\.time must be an RFC 3339"),
+        (b'{"uuid":"u","messages":[{"uuid":"a","time":"2026-01-01T00:00:00Z","label":5}]}', "label must be a string"),
+    ],
+)
+def test_malformed_batches_are_refused_naming_the_problem(body: bytes, problem: str) -> None:
+    with pytest.raises(BatchError, match=problem):
+        parse_batch(body, MONTHLY)
