@@ -20,9 +20,19 @@ async def test_batches_become_search_hit_lines_and_files_rotate(tmp_path: Path) 
             response = await client.post("/in", data=batch_body(envelopes))
             assert response.status == 200
             assert (await response.json())["indexed"] == 5
+        last = readings(2)
+        sent += [envelope["uuid"] for envelope in last]
+        assert (await client.post("/in", data=batch_body(last))).status == 200
         status = await (await client.get("/status")).json()
+        metrics = await (await client.get("/metrics")).text()
     assert status["output"] == "file"
-    assert status["documentsWritten"] == 50
+    assert status["documentsWritten"] == 52
+    # Batch sizes as the sender made them, for checking its batch settings from this side.
+    assert (status["lastBatchSize"], status["largestBatchSize"]) == (2, 5)
+    assert (status["inFlightBatches"], status["maxConcurrentBatches"]) == (0, 1)
+    assert "sluice_publisher_batch_documents_count 11.0" in metrics
+    assert 'sluice_publisher_batch_documents_bucket{le="1.0"} 0.0' in metrics
+    assert 'sluice_publisher_batch_documents_bucket{le="10.0"} 11.0' in metrics
 
     check_rotated_output(tmp_path, sent)
 

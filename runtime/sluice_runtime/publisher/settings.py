@@ -9,9 +9,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from sluice_runtime.common.config import CommaList, Duration, Option, Section
 from sluice_runtime.common.httpkit import ListenAddress
 from sluice_runtime.common.logs import LogLevel
-from sluice_runtime.publisher.delivery import DEFAULT_RETRY_AFTER
 from sluice_runtime.common.tls import ServerTlsSettings
 from sluice_runtime.common.tokens import AuthSettings
+from sluice_runtime.publisher.delivery import DEFAULT_RETRY_AFTER
 from sluice_runtime.publisher.indexname import IndexPattern
 
 MIB = 1024 * 1024

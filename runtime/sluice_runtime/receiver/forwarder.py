@@ -62,7 +62,8 @@ BATCH_REASONS = ("full", "backlog", "maxWait")
 def batch_due_reason(
     unclaimed: int, max_messages: int, waited: float, max_wait: float, full_backlog: bool
 ) -> str | None:
-    """Why to claim now (one of :data:`BATCH_REASONS`), or None to wait for more messages."""
+    """Why to claim now (one of :data:`BATCH_REASONS`), or None to wait: a full batch is always due, the rest of a
+    backlog goes back-to-back, and a partial batch once it has waited ``max_wait``."""
     if unclaimed <= 0:
         return None
     if unclaimed >= max_messages:
@@ -70,11 +71,6 @@ def batch_due_reason(
     if full_backlog:
         return "backlog"
     return "maxWait" if waited >= max_wait else None
-
-
-def batch_is_due(unclaimed: int, max_messages: int, waited: float, max_wait: float, full_backlog: bool) -> bool:
-    """Whether to claim now: a full batch is always due; a partial one once it has waited ``max_wait``."""
-    return batch_due_reason(unclaimed, max_messages, waited, max_wait, full_backlog) is not None
 
 
 @dataclass

@@ -1,0 +1,258 @@
+"""The receiver in-process on loopback, with a real LevelDB in tmp_path: answers, durability, refusals."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import orjson
+import plyvel
+import pytest
+
+from sluice_runtime.receiver.queue import MESSAGE_PREFIX, MESSAGES_END
+from tests.receiver.support import eventually, running_receiver, settings
+
+JSON = {"Content-Type": "application/json"}
+NDJSON = {"Content-Type": "application/x-ndjson"}
+
+
+def stored(data_dir: Path) -> list[dict]:
+    db = plyvel.DB(str(data_dir))
+    try:
+        return [orjson.loads(value) for _, value in db.iterator(start=MESSAGE_PREFIX, stop=MESSAGES_END)]
+    finally:
+        db.close()
+
+
+async def test_single_message_is_stored_before_the_answer(tmp_path: Path) -> None:
+    async with running_receiver(settings(tmp_path / "q")) as client:
+        response = await client.post("/rx/dev1/temp/room/7", data=b'{"t": 21.5}', headers=JSON)
+        assert response.status == 200
+        answer = await response.json()
+        assert answer["status"] == "OK"
+        also = await client.post("/rxs/dev1/temp/x", data=b'{"t": 22}')  # alias, no Content-Type
+        assert also.status == 200
+        status = await (await client.get("/status")).json()
+        assert status["backlog"] == 2
+        assert status["ready"] is True
+        assert status["inFlightBatches"] == 0
+        assert status["lastForwardError"] is None
+        assert status["oldestMessageAgeSeconds"] >= 0
+    messages = stored(tmp_path / "q")
+    first = messages[0]
+    assert first["uuid"] == answer["uuid"]
+    assert first["seq"] == answer["seq"] == "00000000000000000001"
+    assert (first["producer"], first["key"], first["label"]) == ("dev1", "temp", "/room/7")
+    assert first["payload"] == {"t": 21.5}
+    assert first["time"].endswith("Z")
+
+
+async def test_ndjson_is_stored_all_or_nothing(tmp_path: Path) -> None:
+    async with running_receiver(settings(tmp_path / "q")) as client:
+        lines = b"".join(orjson.dumps({"n": n}) + b"\n" for n in range(500))
+        response = await client.post("/rx/p/k/l", data=lines, headers=NDJSON)
+        assert response.status == 200
+        answer = await response.json()
+        assert answer == {
+            "status": "OK",
+            "count": 500,
+            "firstSeq": "00000000000000000001",
+            "lastSeq": "00000000000000000500",
+        }
+        bad = lines + b'{"n": 500}\n{"n": oops}\n'
+        refused = await client.post("/rx/p/k/l", data=bad, headers=NDJSON)
+        assert refused.status == 400
+        assert "line 502" in (await refused.json())["message"]
+        assert (await (await client.get("/status")).json())["backlog"] == 500
+    assert [m["payload"]["n"] for m in stored(tmp_path / "q")] == list(range(500))
+
+
+async def test_concurrent_requests_share_group_commits(tmp_path: Path) -> None:
+    async with running_receiver(settings(tmp_path / "q")) as client:
+        responses = await asyncio.gather(*(client.post(f"/rx/p{n}/k/l", data=b'{"a":1}') for n in range(300)))
+        assert {r.status for r in responses} == {200}
+        seqs = sorted([(await r.json())["seq"] for r in responses])
+        assert len(set(seqs)) == 300
+        metrics = await (await client.get("/metrics")).text()
+    commits = next(
+        line for line in metrics.splitlines() if line.startswith("sluice_receiver_group_commit_messages_count ")
+    )
+    # 300 requests in far fewer fsyncs: the whole point of group commit.
+    assert float(commits.split()[-1]) < 150
+    assert "rxtx_total_messages_received_total 300.0" in metrics
+
+
+async def test_seq_stays_monotonic_across_restarts_even_when_drained(tmp_path: Path) -> None:
+    data = tmp_path / "q"
+    async with running_receiver(settings(data)) as client:
+        first = [(await (await client.post("/rx/p/k/l", data=b"{}")).json())["seq"] for _ in range(3)]
+    # Empty the queue behind the receiver's back, as a drained forwarder would.
+    db = plyvel.DB(str(data))
+    for key, _ in db.iterator(start=MESSAGE_PREFIX, stop=MESSAGES_END):
+        db.delete(key, sync=True)
+    db.close()
+    async with running_receiver(settings(data)) as client:
+        assert (await (await client.get("/status")).json())["backlog"] == 0
+        later = (await (await client.post("/rx/p/k/l", data=b"{}")).json())["seq"]
+    assert first == sorted(first)
+    assert later > first[-1]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "status", "needle"),
+    [
+        ("/rx/p/k/l", b"{not json", JSON, 400, "not valid JSON"),
+        ("/rx/p/k/l", b"[1,2,3]", JSON, 400, "must be a JSON object"),
+        ("/rx/p/k/l", b"", JSON, 400, "empty"),
+        ("/rx/p/k/l", b'{"a":"\xc3\x28"}', JSON, 400, "not valid UTF-8"),
+        ("/rx/p/k/l", b'{"a":' * 70 + b"1" + b"}" * 70, JSON, 400, "nested deeper than 64"),
+        ("/rx/p/k/l", b"{}", {"Content-Type": "text/html"}, 415, "not accepted"),
+        ("/rx/p/k/l", b"<a/>", {"Content-Type": "application/xml"}, 415, "not accepted"),
+        ("/rx/p/k/", b"{}", JSON, 400, "label must not be empty"),
+        ("/rx/p/k", b"{}", JSON, 400, "label must not be empty"),
+        ("/rx/p/k/a%00b", b"{}", JSON, 400, "control characters"),
+        ("/rx/p/k/a%1Bb", b"{}", JSON, 400, "control characters"),
+        ("/rx/" + "p" * 300 + "/k/l", b"{}", JSON, 400, "producer is longer"),
+        ("/rx/p/" + "k" * 300 + "/l", b"{}", JSON, 400, "key is longer"),
+    ],
+)
+async def test_bad_requests_get_a_clear_4xx_and_disturb_nothing(
+    tmp_path: Path, path: str, body: bytes, headers: dict[str, str], status: int, needle: str
+) -> None:
+    async with running_receiver(settings(tmp_path / "q")) as client:
+        good = await client.post("/rx/p/k/l", data=b'{"ok": 1}')
+        response = await client.post(path, data=body, headers=headers)
+        assert response.status == status
+        answer = await response.json()
+        assert answer["status"] == "FAIL"
+        assert needle in answer["message"]
+        after = await client.post("/rx/p/k/l", data=b'{"ok": 2}')
+        assert (good.status, after.status) == (200, 200)
+        status_now = await (await client.get("/status")).json()
+        assert status_now["backlog"] == 2
+        assert status_now["ready"]
+        metrics = await (await client.get("/metrics")).text()
+        assert "rxtx_msg_errors_total 1.0" in metrics
+
+
+async def test_oversize_body_is_413(tmp_path: Path) -> None:
+    async with running_receiver(settings(tmp_path / "q", maxBodyBytes=4096)) as client:
+        big = b'{"a":"' + b"x" * 5000 + b'"}'
+        response = await client.post("/rx/p/k/l", data=big, headers=JSON)
+        assert response.status == 413
+        assert "limit" in (await response.json())["message"]
+
+        async def chunks():  # no Content-Length: the limit must hold while reading
+            for _ in range(10):
+                yield b"x" * 1000
+
+        chunked = await client.post("/rx/p/k/l", data=chunks(), headers=JSON)
+        assert chunked.status == 413
+        assert (await client.post("/rx/p/k/l", data=b'{"small": true}')).status == 200
+
+
+async def test_full_queue_answers_503_with_retry_after(tmp_path: Path) -> None:
+    async with running_receiver(settings(tmp_path / "q", queue={"maxMessages": 5})) as client:
+        answers = [(await client.post("/rx/p/k/l", data=b"{}")).status for _ in range(5)]
+        full = await client.post("/rx/p/k/l", data=b"{}")
+        assert answers == [200] * 5
+        assert full.status == 503
+        assert full.headers["Retry-After"] == "5"
+        assert "at most 5" in (await full.json())["message"]
+        ndjson = await client.post("/rx/p/k/l", data=b"{}\n{}\n", headers=NDJSON)
+        assert ndjson.status == 503
+        assert (await (await client.get("/status")).json())["backlog"] == 5
+
+
+async def test_drop_oldest_is_opt_in_and_counted(tmp_path: Path) -> None:
+    config = settings(tmp_path / "q", queue={"maxMessages": 5, "whenFull": "dropOldest"})
+    async with running_receiver(config) as client:
+        for n in range(8):
+            assert (await client.post("/rx/p/k/l", data=orjson.dumps({"n": n}))).status == 200
+        status = await (await client.get("/status")).json()
+        metrics = await (await client.get("/metrics")).text()
+    assert status["backlog"] == 5
+    assert status["dropped"] == 3
+    assert "sluice_receiver_messages_dropped_total 3.0" in metrics
+    assert [m["payload"]["n"] for m in stored(tmp_path / "q")] == [3, 4, 5, 6, 7]
+
+
+async def test_bearer_tokens_from_a_file_that_is_reloaded(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# clients\nalpha\n\n")
+    async with running_receiver(settings(tmp_path / "q", auth={"tokenFile": str(tokens)})) as client:
+        missing = await client.post("/rx/p/k/l", data=b"{}")
+        assert missing.status == 401
+        assert "bearer token" in (await missing.json())["message"]
+        assert (await client.post("/rx/p/k/l", data=b"{}", headers={"Authorization": "Bearer nope"})).status == 401
+        assert (await client.post("/rx/p/k/l", data=b"{}", headers={"Authorization": "Bearer alpha"})).status == 200
+        # The mounted Secret changes: the new token works, the old one stops working.
+        tokens.write_text("beta\n")
+
+        async def beta_accepted() -> bool:
+            answer = await client.post("/rx/p/k/l", data=b"{}", headers={"Authorization": "Bearer beta"})
+            return answer.status == 200
+
+        await eventually(beta_accepted, what="the new token to be accepted")
+        assert (await client.post("/rx/p/k/l", data=b"{}", headers={"Authorization": "Bearer alpha"})).status == 401
+        assert (await client.get("/healthz")).status == 200  # probes need no token
+
+
+async def test_cors_is_off_unless_configured(tmp_path: Path) -> None:
+    async with running_receiver(settings(tmp_path / "a")) as client:
+        response = await client.post("/rx/p/k/l", data=b"{}", headers={"Origin": "https://app.example"})
+        assert "Access-Control-Allow-Origin" not in response.headers
+    config = settings(tmp_path / "b", cors={"allowOrigins": ["https://app.example"]})
+    async with running_receiver(config) as client:
+        preflight = await client.options(
+            "/rx/p/k/l", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+        )
+        assert preflight.status == 204
+        assert preflight.headers["Access-Control-Allow-Origin"] == "https://app.example"
+        response = await client.post("/rx/p/k/l", data=b"{}", headers={"Origin": "https://app.example"})
+        assert response.headers["Access-Control-Allow-Origin"] == "https://app.example"
+        other = await client.post("/rx/p/k/l", data=b"{}", headers={"Origin": "https://evil.example"})
+        assert "Access-Control-Allow-Origin" not in other.headers
+
+
+async def test_observability_routes(tmp_path: Path) -> None:
+    async with running_receiver(settings(tmp_path / "q")) as client:
+        assert (await client.get("/healthz")).status == 200
+        assert (await (await client.get("/readyz")).json())["ready"] is True
+        await client.post("/rx/p/k/l", data=b"{}")
+        metrics = await (await client.get("/metrics")).text()
+        for name in (
+            "rxtx_total_messages_received_total",
+            "rxtx_messages_in_queue 1.0",
+            "rxtx_tx_batches_total",
+            "rxtx_tx_fails_total",
+            "rxtx_db_errors_total",
+            "rxtx_msg_errors_total",
+            "rxtx_response_time_count",
+            "sluice_receiver_oldest_message_age_seconds",
+            "sluice_receiver_ack_latency_seconds_bucket",
+            "sluice_receiver_group_commit_messages_bucket",
+        ):
+            assert name in metrics, name
+
+
+async def test_a_damaged_log_does_not_keep_the_queue_from_opening(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "q"
+    async with running_receiver(settings(data)) as client:
+        for n in range(20):
+            assert (await client.post("/rx/p/k/l", data=orjson.dumps({"n": n, "pad": "x" * 2000}))).status == 200
+    log_file = max(data.glob("*.log"), key=lambda path: path.stat().st_size)
+    raw = bytearray(log_file.read_bytes())
+    middle = len(raw) // 2
+    raw[middle : middle + 64] = b"\xde\xad" * 32  # a torn sector in the middle of the write-ahead log
+    log_file.write_bytes(bytes(raw))
+    async with running_receiver(settings(data)) as client:
+        status = await (await client.get("/status")).json()
+        assert status["ready"] is True
+        assert 0 < status["backlog"] < 20
+        answer = await client.post("/rx/p/k/l", data=b"{}")
+        assert answer.status == 200
+        assert int((await answer.json())["seq"]) > 20
+    assert "queue database damaged" in caplog.text
