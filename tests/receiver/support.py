@@ -30,19 +30,9 @@ from sluice_runtime.receiver.settings import ReceiverSettings
 from tests.support.engines import SearchEngine
 from tests.support.procs import ManagedProcess, free_port
 
-# The roles are started through their own command modules rather than the `sluice` script, so that these
-# tests do not depend on the other roles being importable.
-RECEIVER_ARGV = [sys.executable, "-m", "sluice_runtime.receiver"]
-PUBLISHER_ARGV = [
-    sys.executable,
-    "-c",
-    "import argparse, sys\n"
-    "from sluice_runtime.publisher import command\n"
-    "parser = argparse.ArgumentParser()\n"
-    "command.register(parser.add_subparsers())\n"
-    "args = parser.parse_args(['publisher', *sys.argv[1:]])\n"
-    "sys.exit(args.handler(args))\n",
-]
+# The `sluice` command as its console script runs it.
+RECEIVER_ARGV = [sys.executable, "-m", "sluice_runtime", "receiver"]
+PUBLISHER_ARGV = [sys.executable, "-m", "sluice_runtime", "publisher"]
 
 
 def http_get_json(url: str, timeout: float = 2.0) -> Any:

@@ -80,3 +80,11 @@ def open_token_file(settings: AuthSettings, where: str) -> TokenFile | None:
         return TokenFile(settings.token_file)
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{where}.tokenFile: cannot read {settings.token_file}: {exc}") from None
+
+
+def read_first_token(path: Path) -> str:
+    """The token a client sends: the first one in the file, re-read each time so a rotated Secret applies."""
+    tokens = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if not tokens:
+        raise ValueError(f"{path} holds no token")
+    return tokens[0]

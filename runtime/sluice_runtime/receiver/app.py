@@ -16,9 +16,11 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from sluice_runtime.common.config import ConfigError
 from sluice_runtime.common.envelope import format_seq
 from sluice_runtime.common.httpkit import add_observability_routes
-from sluice_runtime.common.tokens import open_token_file
+from sluice_runtime.common.tls import client_ssl_context
+from sluice_runtime.common.tokens import open_token_file, read_first_token
 from sluice_runtime.receiver.forwarder import Forwarder
 from sluice_runtime.receiver.intake import ROUTES, Intake
 from sluice_runtime.receiver.metrics import ReceiverMetrics
@@ -41,7 +43,21 @@ class Receiver:
             on_commit=metrics.committed,
         )
         self.intake = Intake(settings, self.queue, metrics, open_token_file(settings.auth, "receiver.auth"))
-        self.forwarder = Forwarder(self.queue, settings.forward_endpoint, settings.batch, metrics)
+        if settings.forward_token_file is not None:
+            try:
+                read_first_token(settings.forward_token_file)
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                raise ConfigError(f"receiver.forwardTokenFile: {exc}") from None
+        self.forwarder = Forwarder(
+            self.queue,
+            settings.forward_endpoint,
+            settings.batch,
+            metrics,
+            token_file=settings.forward_token_file,
+            ssl_context=client_ssl_context(settings.forward_ca_file, "receiver.forwardCaFile")
+            if settings.forward_ca_file
+            else None,
+        )
         self.started = time.monotonic()
         self.shutting_down = False
         metrics.bind_live(lambda: self.queue.count, self.oldest_age, lambda: self.forwarder.in_flight)
@@ -93,7 +109,7 @@ RECEIVER_KEY: web.AppKey[Receiver] = web.AppKey("sluice_receiver", Receiver)
 
 
 def build_app(settings: ReceiverSettings, registry: CollectorRegistry | None = None) -> web.Application:
-    """The receiver as an aiohttp application. Raises ConfigError for an unreadable token file."""
+    """The receiver as an aiohttp application. Raises ConfigError for an unreadable token or CA file."""
     registry = registry or CollectorRegistry()
     receiver = Receiver(settings, ReceiverMetrics(registry))
     # Bodies over the limit make request.read() raise; the handler turns that into a JSON 413.

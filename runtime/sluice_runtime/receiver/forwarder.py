@@ -19,13 +19,16 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 
 from sluice_runtime.common.envelope import encode_batch
+from sluice_runtime.common.tokens import read_first_token
 from sluice_runtime.receiver.metrics import ReceiverMetrics
 from sluice_runtime.receiver.queue import Claim, MessageQueue, StoreError
 from sluice_runtime.receiver.settings import BatchSettings
@@ -83,10 +86,18 @@ class _Slot:
 
 class Forwarder:
     def __init__(
-        self, queue: MessageQueue, endpoint: str | None, settings: BatchSettings, metrics: ReceiverMetrics
+        self,
+        queue: MessageQueue,
+        endpoint: str | None,
+        settings: BatchSettings,
+        metrics: ReceiverMetrics,
+        token_file: Path | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.queue = queue
         self.endpoint = endpoint
+        self._token_file = token_file
+        self._ssl = ssl_context
         self.settings = settings
         self.metrics = metrics
         self.last_error: str | None = None
@@ -108,7 +119,10 @@ class Forwarder:
             log.warning("no forwardUrl: messages are queued but not forwarded")
             return
         timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout)
-        self._session = aiohttp.ClientSession(timeout=timeout, headers={"Content-Type": "application/json"})
+        connector = aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, headers={"Content-Type": "application/json"}
+        )
         self._task = asyncio.create_task(self._run_forever(), name="sluice-forwarder")
 
     async def stop(self) -> None:
@@ -202,6 +216,10 @@ class Forwarder:
                 log.warning("deleting forwarded messages failed", extra={"error": str(exc)})
                 await asyncio.sleep(backoff_delay(attempt, 0.5, 10.0))
 
+    def _auth_header(self) -> dict[str, str] | None:
+        # Read per batch, not per process: a rotated Secret applies without a restart.
+        return {"Authorization": f"Bearer {read_first_token(self._token_file)}"} if self._token_file else None
+
     async def _deliver(self, slot: _Slot) -> None:
         assert self._session is not None and self.endpoint is not None
         attempt = 0
@@ -210,7 +228,7 @@ class Forwarder:
             attempt += 1
             retry_after: float | None = None
             try:
-                async with self._session.post(self.endpoint, data=slot.body) as response:
+                async with self._session.post(self.endpoint, data=slot.body, headers=self._auth_header()) as response:
                     text = await response.read()
                     if 200 <= response.status < 300:
                         break

@@ -49,6 +49,8 @@ class ReceiverSettings(Section):
     listen: ListenAddress = "0.0.0.0:8080"
     data_dir: Path = Path("/var/lib/sluice/queue")
     forward_url: str | None = None
+    forward_token_file: Path | None = Field(None, description="Bearer token (first line of the file) sent on forward")
+    forward_ca_file: Path | None = Field(None, description="PEM CAs that verify an https:// forwardUrl")
     max_body_bytes: int = Field(16 * MIB, ge=1024)
     max_depth: int = Field(64, ge=1, le=512, description="Deepest nesting of objects/arrays accepted in a message")
     log_level: LogLevel = "info"
@@ -75,6 +77,8 @@ RECEIVER_OPTIONS = [
     Option("--listen", "listen", "address to serve POST /rx on", "HOST:PORT"),
     Option("--data-dir", "dataDir", "directory of the LevelDB queue", "DIR"),
     Option("--forward-url", "forwardUrl", "publisher base URL (or its full /in URL)", "URL"),
+    Option("--forward-token-file", "forwardTokenFile", "file whose first line is the publisher's token", "FILE"),
+    Option("--forward-ca-file", "forwardCaFile", "PEM CAs to trust for an https:// --forward-url", "FILE"),
     Option("--max-queue", "queue.maxMessages", "messages the queue holds before it is full", "N"),
     Option("--when-full", "queue.whenFull", "reject (503) or dropOldest", "POLICY"),
     Option("--batch-max-messages", "batch.maxMessages", "most messages in one forwarded batch", "N"),
