@@ -16,7 +16,9 @@ import pytest
 
 from tests.support import engines, provision
 from tests.support.kube import KubeCluster, running_cluster
-from tests.support.procs import ManagedProcess
+from tests.support.procs import ManagedProcess, wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Processes whose log tails are attached to the report of any failing test that used them.
 _LOGGED: dict[str, list[ManagedProcess]] = {}
@@ -50,6 +52,20 @@ def kube(testbed_run_dir: Path, testbed_log_dir: Path) -> Iterator[KubeCluster]:
     with running_cluster(testbed_run_dir / "kube", testbed_log_dir) as cluster:
         _LOGGED["kube"] = cluster.processes
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def sluice_crd(kube: KubeCluster) -> None:
+    """The IngestPipeline CRD from crds/, installed and Established."""
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+
+    def established() -> bool:
+        jsonpath = '{.status.conditions[?(@.type=="Established")].status}'
+        found = kube.kubectl("get", "crd", "ingestpipelines.sluice.dev", "-o", f"jsonpath={jsonpath}", check=False)
+        return found.stdout.strip() == "True"
+
+    # Polled rather than `kubectl wait`, which errors out while a new CRD has no conditions at all.
+    wait_until(established, 60, "the IngestPipeline CRD Established")
 
 
 @pytest.fixture

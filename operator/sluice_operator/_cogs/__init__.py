@@ -1,0 +1,1 @@
+"""Low-level helpers with no I/O: settings, naming, hashing, conditions."""

@@ -1,0 +1,1 @@
+"""The Kubernetes side: API access, reconciliation, status, leader election and the kopf handlers."""

@@ -1,0 +1,337 @@
+"""``render(name, namespace, spec)``: the full list of child manifests of one IngestPipeline.
+
+Pure by design (DESIGN section 9): no Kubernetes client, no I/O, no owner references (the handlers add those,
+because they need the live object's uid). Whatever must be looked up in the cluster (a fields list kept in a
+ConfigMap, which keys a credentials Secret has) is resolved by the caller and passed in as keyword arguments.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import yaml
+
+from sluice_operator._cogs import naming
+from sluice_operator._cogs.durations import seconds
+from sluice_operator._cogs.hashing import CONFIG_HASH_ANNOTATION, stable_hash
+from sluice_operator.model.spec import SpecError, parse_fields, with_defaults
+
+CONFIG_DIR = "/etc/sluice/config"
+CONFIG_FILE = f"{CONFIG_DIR}/sluice.yaml"
+FIELDS_FILE = f"{CONFIG_DIR}/fields.yml"
+DATA_MOUNT = "/var/lib/sluice"
+ES_SECRET_DIR = "/etc/sluice/es"
+ES_CA_DIR = "/etc/sluice/es-ca"
+AUTH_DIR = "/etc/sluice/auth"
+RUN_AS = 10001
+
+Credentials = Literal["basic", "apiKey"]
+
+
+def render(
+    name: str,
+    namespace: str,
+    spec: Mapping[str, Any],
+    *,
+    runtime_image: str,
+    fields: list[Any] | None = None,
+    credentials: Credentials | None = None,
+) -> list[dict[str, Any]]:
+    """Every child of the pipeline, in apply order (config before the pods that mount it).
+
+    ``fields`` is the resolved list when the spec points at a ConfigMap; ``credentials`` says whether the
+    credentials Secret holds username/password (``basic``, the default) or ``apiKey``.
+    """
+    s = with_defaults(spec)
+    image = s.get("image") or runtime_image
+    version = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
+    template = s.get("indexTemplate") or {}
+    if "fieldsConfigMapRef" in template and fields is None:
+        raise SpecError("InvalidSpec", "indexTemplate.fieldsConfigMapRef is set but its fields were not resolved")
+    field_list = fields if fields is not None else parse_fields(template.get("fields"), "spec.indexTemplate.fields")
+
+    receiver_cfg, publisher_cfg = _runtime_config(name, namespace, s, bool(field_list), credentials)
+    runtime_config = {"receiver": receiver_cfg, "publisher": publisher_cfg}
+    config_data = {"sluice.yaml": yaml.safe_dump(runtime_config, sort_keys=True)}
+    if field_list:
+        config_data["fields.yml"] = yaml.safe_dump(field_list, sort_keys=False, allow_unicode=True)
+    # Per-role hashes: a batch-size change rolls the receivers only, a template change the publishers only.
+    receiver_hash = stable_hash({"receiver": receiver_cfg})
+    publisher_hash = stable_hash({"publisher": publisher_cfg, "fields": config_data.get("fields.yml", "")})
+
+    sa_name = naming.service_account(name) if s["serviceAccount"].get("create") else None
+    children: list[dict[str, Any]] = []
+    if sa_name:
+        children.append(_service_account(name, namespace, sa_name, version))
+    children.append(
+        _meta("v1", "ConfigMap", naming.config(name), namespace, naming.labels(name, "config", version))
+        | {"data": config_data}
+    )
+    children += _receiver(name, namespace, s, image, version, receiver_hash, sa_name)
+    children += _publisher(name, namespace, s, image, version, publisher_hash, sa_name, credentials)
+    if s["networkPolicy"].get("enabled"):
+        children.append(_network_policy(name, namespace, s, version))
+    return children
+
+
+def _runtime_config(
+    name: str, namespace: str, s: Mapping[str, Any], has_fields: bool, credentials: Credentials | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    rx = s["receiver"]
+    batch = rx["batch"]
+    try:
+        max_wait = seconds(batch.get("maxWait", "10s"))
+    except ValueError as exc:
+        raise SpecError("InvalidSpec", f"receiver.batch.maxWait: {exc}") from None
+    receiver: dict[str, Any] = {
+        "listen": f"0.0.0.0:{naming.RECEIVER_PORT}",
+        "dataDir": f"{DATA_MOUNT}/queue",
+        "forwardUrl": f"http://{naming.publisher(name)}.{namespace}.svc:{naming.PUBLISHER_PORT}/in",
+        "queue": {"maxMessages": rx["queue"]["maxMessages"], "whenFull": rx["queue"]["whenFull"]},
+        "batch": {"maxMessages": batch["maxMessages"], "maxWait": max_wait}
+        | {k: batch[k] for k in ("maxBytes", "maxInFlight") if k in batch},
+    }
+    if "maxBodyBytes" in rx:
+        receiver["maxBodyBytes"] = rx["maxBodyBytes"]
+    token_ref = (rx.get("auth") or {}).get("tokenSecretRef")
+    if token_ref:
+        receiver["auth"] = {"tokenFile": f"{AUTH_DIR}/{token_ref.get('key', 'tokens')}"}
+
+    es = s["elasticsearch"]
+    es_cfg: dict[str, Any] = {"url": es["url"], "index": es["index"]}
+    if "deadLetterIndex" in es:
+        es_cfg["deadLetterIndex"] = es["deadLetterIndex"]
+    if "gzip" in es:
+        es_cfg["gzip"] = bool(es["gzip"])
+    if es.get("credentialsSecretRef"):
+        if credentials == "apiKey":
+            es_cfg["apiKeyFile"] = f"{ES_SECRET_DIR}/apiKey"
+        else:
+            # The username travels as SLUICE_ES_USERNAME from the Secret (see _publisher), the password as a file.
+            es_cfg["passwordFile"] = f"{ES_SECRET_DIR}/password"
+    if es.get("caSecretRef"):
+        es_cfg["caFile"] = f"{ES_CA_DIR}/{es['caSecretRef'].get('key', 'ca.crt')}"
+    template = s.get("indexTemplate") or {}
+    publisher: dict[str, Any] = {"listen": f"0.0.0.0:{naming.PUBLISHER_PORT}", "elasticsearch": es_cfg}
+    publisher["indexTemplate"] = {
+        "name": template.get("name") or name,
+        "patterns": list(template.get("patterns") or [default_pattern(es["index"])]),
+    } | ({"fieldsFile": FIELDS_FILE} if has_fields else {})
+    return receiver, publisher
+
+
+def default_pattern(index: str) -> str:
+    """``wx-rtbeat-%{+yyyy.MM}`` -> ``wx-rtbeat-*``: the template must cover every index the date math makes."""
+    if "%{" not in index:
+        return index
+    return re.sub(r"%\{[^}]*\}.*$", "", index) + "*"
+
+
+def _meta(api_version: str, kind: str, name: str, namespace: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+    }
+
+
+def _service_account(name: str, namespace: str, sa_name: str, version: str) -> dict[str, Any]:
+    sa = _meta("v1", "ServiceAccount", sa_name, namespace, naming.labels(name, "serviceaccount", version))
+    # The runtime never talks to the API server, so no token is mounted anywhere.
+    sa["automountServiceAccountToken"] = False
+    return sa
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,  # the queue volume must be writable by the non-root user
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container(role: str, image: str, port: int, resources: Mapping[str, Any] | None) -> dict[str, Any]:
+    probe_common = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 3}
+    return {
+        "name": role,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["sluice"],
+        "args": [role, "--config", CONFIG_FILE],
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "livenessProbe": probe_common | {"failureThreshold": 6},
+        "readinessProbe": probe_common | {"httpGet": {"path": "/readyz", "port": "http"}, "failureThreshold": 3},
+        "resources": dict(resources or {}),
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+
+
+def _pod_spec(name: str, container: dict[str, Any], volumes: list[dict[str, Any]], sa: str | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security_context(),
+        "terminationGracePeriodSeconds": 30,
+        "containers": [container],
+        "volumes": [
+            {"name": "config", "configMap": {"name": naming.config(name)}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+            *volumes,
+        ],
+    }
+    if sa:
+        spec["serviceAccountName"] = sa
+    return spec
+
+
+def _service(
+    name: str, svc_name: str, namespace: str, component: str, port: int, version: str, headless: bool = False
+) -> dict[str, Any]:
+    svc = _meta("v1", "Service", svc_name, namespace, naming.labels(name, component, version))
+    svc["spec"] = {
+        "selector": naming.selector_labels(name, component),
+        "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+    }
+    if headless:
+        # Stable per-pod DNS for the StatefulSet; not-ready pods too, so a receiver draining its queue is reachable.
+        svc["spec"] |= {"clusterIP": "None", "publishNotReadyAddresses": True}
+    else:
+        svc["spec"]["type"] = "ClusterIP"
+    return svc
+
+
+def _pdb(name: str, namespace: str, component: str, version: str) -> dict[str, Any]:
+    pdb = _meta("policy/v1", "PodDisruptionBudget", naming.pdb(name, component), namespace,
+                naming.labels(name, component, version))
+    pdb["spec"] = {"maxUnavailable": 1, "selector": {"matchLabels": naming.selector_labels(name, component)}}
+    return pdb
+
+
+def _receiver(
+    name: str, namespace: str, s: Mapping[str, Any], image: str, version: str, config_hash: str, sa: str | None
+) -> list[dict[str, Any]]:
+    rx = s["receiver"]
+    container = _container("receiver", image, naming.RECEIVER_PORT, rx.get("resources"))
+    container["volumeMounts"].append({"name": "data", "mountPath": DATA_MOUNT})
+    volumes: list[dict[str, Any]] = []
+    token_ref = (rx.get("auth") or {}).get("tokenSecretRef")
+    if token_ref:
+        volumes.append({"name": "auth", "secret": {"secretName": token_ref["name"], "defaultMode": 0o440}})
+        container["volumeMounts"].append({"name": "auth", "mountPath": AUTH_DIR, "readOnly": True})
+    labels = naming.labels(name, "receiver", version)
+    claim_spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": rx["storage"]["size"]}},
+    }
+    if rx["storage"].get("storageClassName"):
+        claim_spec["storageClassName"] = rx["storage"]["storageClassName"]
+    sts = _meta("apps/v1", "StatefulSet", naming.receiver(name), namespace, labels)
+    sts["spec"] = {
+        "replicas": rx["replicas"],
+        "serviceName": naming.receiver_headless(name),
+        # Receivers are independent queues: no reason to start them one by one.
+        "podManagementPolicy": "Parallel",
+        "selector": {"matchLabels": naming.selector_labels(name, "receiver")},
+        "template": {
+            "metadata": {"labels": labels, "annotations": {CONFIG_HASH_ANNOTATION: config_hash}},
+            "spec": _pod_spec(name, container, volumes, sa),
+        },
+        "volumeClaimTemplates": [
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "data", "labels": naming.selector_labels(name, "receiver")},
+                "spec": claim_spec,
+            }
+        ],
+    }
+    return [
+        _service(name, naming.receiver_headless(name), namespace, "receiver", naming.RECEIVER_PORT, version, True),
+        _service(name, naming.receiver(name), namespace, "receiver", naming.RECEIVER_PORT, version),
+        sts,
+        _pdb(name, namespace, "receiver", version),
+    ]
+
+
+def _publisher(
+    name: str,
+    namespace: str,
+    s: Mapping[str, Any],
+    image: str,
+    version: str,
+    config_hash: str,
+    sa: str | None,
+    credentials: Credentials | None,
+) -> list[dict[str, Any]]:
+    pub = s["publisher"]
+    es = s["elasticsearch"]
+    container = _container("publisher", image, naming.PUBLISHER_PORT, pub.get("resources"))
+    volumes: list[dict[str, Any]] = []
+    secret_ref = es.get("credentialsSecretRef")
+    if secret_ref:
+        volumes.append({"name": "es-credentials", "secret": {"secretName": secret_ref["name"], "defaultMode": 0o440}})
+        container["volumeMounts"].append({"name": "es-credentials", "mountPath": ES_SECRET_DIR, "readOnly": True})
+        if credentials != "apiKey":
+            key_ref = {"name": secret_ref["name"], "key": "username"}
+            container["env"] = [{"name": "SLUICE_ES_USERNAME", "valueFrom": {"secretKeyRef": key_ref}}]
+    ca_ref = es.get("caSecretRef")
+    if ca_ref:
+        volumes.append({"name": "es-ca", "secret": {"secretName": ca_ref["name"], "defaultMode": 0o444}})
+        container["volumeMounts"].append({"name": "es-ca", "mountPath": ES_CA_DIR, "readOnly": True})
+    labels = naming.labels(name, "publisher", version)
+    deployment = _meta("apps/v1", "Deployment", naming.publisher(name), namespace, labels)
+    deployment["spec"] = {
+        "replicas": pub["replicas"],
+        "selector": {"matchLabels": naming.selector_labels(name, "publisher")},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "template": {
+            "metadata": {"labels": labels, "annotations": {CONFIG_HASH_ANNOTATION: config_hash}},
+            "spec": _pod_spec(name, container, volumes, sa),
+        },
+    }
+    return [
+        deployment,
+        _service(name, naming.publisher(name), namespace, "publisher", naming.PUBLISHER_PORT, version),
+        _pdb(name, namespace, "publisher", version),
+    ]
+
+
+def _network_policy(name: str, namespace: str, s: Mapping[str, Any], version: str) -> dict[str, Any]:
+    peers = list(s["networkPolicy"].get("ingressFrom") or [])
+    receiver_rule: dict[str, Any] = {"ports": [{"port": naming.RECEIVER_PORT, "protocol": "TCP"}]}
+    if peers:
+        receiver_rule["from"] = peers
+    policy = _meta("networking.k8s.io/v1", "NetworkPolicy", naming.network_policy(name), namespace,
+                   naming.labels(name, "networkpolicy", version))
+    policy["spec"] = {
+        "podSelector": {"matchLabels": {"app.kubernetes.io/instance": name, "app.kubernetes.io/name": "sluice"}},
+        "policyTypes": ["Ingress"],
+        "ingress": [
+            receiver_rule,
+            {
+                "ports": [{"port": naming.PUBLISHER_PORT, "protocol": "TCP"}],
+                "from": [{"podSelector": {"matchLabels": naming.selector_labels(name, "receiver")}}],
+            },
+        ],
+    }
+    return policy
