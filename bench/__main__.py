@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import loads, report
+from bench.operator import measure_operator
 from bench.processes import RuntimeVersion, running_publisher, running_receiver
 from tests.support import engines, provision
 from tests.support.procs import free_port
@@ -40,6 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backlog-messages", type=int, default=1_000_000, help="NDJSON messages queued, then drained")
     parser.add_argument("--rx-concurrency", type=int, default=50, help="concurrent receiver clients")
     parser.add_argument("--previous", default="HEAD~1", help="git ref of the previous version ('' to skip)")
+    parser.add_argument("--operator-pipelines", default="100,500", help="pipelines per operator round ('' to skip)")
+    parser.add_argument("--only", choices=["runtime", "operator"], help="run one half of the benchmarks")
     return parser.parse_args(argv)
 
 
@@ -121,29 +124,38 @@ def measure_ceiling(engine_url: str, args: argparse.Namespace) -> dict[str, dict
     return ceiling
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    args.sizes = [int(size) for size in args.batch_sizes.split(",")]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="sluice-bench-") as scratch:
-        work = Path(scratch)
-        with search_engine(args.es_url, work) as engine_url, previous_version(args.previous, work) as previous:
-            # A cold JVM is slow: warm the engine up, then take the ceiling before and after, keeping the best.
-            asyncio.run(loads.direct_bulk(engine_url, args.documents, max(args.sizes), args.concurrency))
-            first = measure_ceiling(engine_url, args)
-            current = measure_version(RuntimeVersion("working tree", ROOT / "runtime"), engine_url, args, work)
-            before = measure_version(previous, engine_url, args, work) if previous else None
-            second = measure_ceiling(engine_url, args)
-    ceiling = {size: max(first[size], second[size], key=lambda m: m["perSecond"]) for size in first}
-    results = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": report.machine(),
-        "settings": {key: value for key, value in vars(args).items() if key != "sizes"},
-        "directBulk": ceiling,
+def measure_runtime(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    with search_engine(args.es_url, work) as engine_url, previous_version(args.previous, work) as previous:
+        # A cold JVM is slow: warm the engine up, then take the ceiling before and after, keeping the best.
+        asyncio.run(loads.direct_bulk(engine_url, args.documents, max(args.sizes), args.concurrency))
+        first = measure_ceiling(engine_url, args)
+        current = measure_version(RuntimeVersion("working tree", ROOT / "runtime"), engine_url, args, work)
+        before = measure_version(previous, engine_url, args, work) if previous else None
+        second = measure_ceiling(engine_url, args)
+    return {
+        "directBulk": {size: max(first[size], second[size], key=lambda m: m["perSecond"]) for size in first},
         "current": current,
         "previous": before,
         "previousRef": args.previous if before else None,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.sizes = [int(size) for size in args.batch_sizes.split(",")]
+    pipelines = [int(count) for count in args.operator_pipelines.split(",") if count]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": report.machine(),
+        "settings": {key: value for key, value in vars(args).items() if key != "sizes"},
+    }
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-") as scratch:
+        work = Path(scratch)
+        if args.only != "operator":
+            results["runtime"] = measure_runtime(args, work)
+        if args.only != "runtime" and pipelines:
+            results["operator"] = measure_operator(pipelines, work)
     results["ratios"] = report.ratios(results)
     stem = RESULTS / datetime.now(UTC).strftime("bench-%Y%m%dT%H%M%SZ")
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")

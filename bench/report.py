@@ -16,18 +16,17 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return round(numerator / denominator, 3) if denominator else None
 
 
-def ratios(results: dict[str, Any]) -> dict[str, Any]:
-    """Each figure over its baseline from the same run: the direct ``_bulk`` ceiling, and the previous version."""
-    ceiling = results["directBulk"]
-    current = results["current"]
-    previous = results.get("previous")
+def runtime_ratios(runtime: dict[str, Any]) -> dict[str, Any]:
+    ceiling = runtime["directBulk"]
+    current = runtime["current"]
+    previous = runtime.get("previous")
+    largest = max(ceiling, key=int)
     out: dict[str, Any] = {
         "publisherToDirectBulk": {
             size: _ratio(current["publisherIn"][size]["perSecond"], ceiling[size]["perSecond"]) for size in ceiling
-        }
+        },
+        "drainToDirectBulk": _ratio(current["drainToEngine"]["perSecond"], ceiling[largest]["perSecond"]),
     }
-    largest = max(ceiling, key=int)
-    out["drainToDirectBulk"] = _ratio(current["drainToEngine"]["perSecond"], ceiling[largest]["perSecond"])
     if previous:
         out["currentToPrevious"] = {
             "publisherIn": {
@@ -43,30 +42,67 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def operator_ratios(operator: dict[str, Any]) -> dict[str, Any]:
+    """Pipelines made whole per second by the operator, over the API server's own rate for the same objects."""
+    return {
+        size: _ratio(measured["perSecond"], operator["directApply"][size]["perSecond"])
+        for size, measured in operator["createToChildren"].items()
+    }
+
+
+def ratios(results: dict[str, Any]) -> dict[str, Any]:
+    """Each figure over its baseline from the same run: the direct ``_bulk`` or apply ceiling, the previous version."""
+    out: dict[str, Any] = {}
+    if "runtime" in results:
+        out["runtime"] = runtime_ratios(results["runtime"])
+    if "operator" in results:
+        out["operatorToDirectApply"] = operator_ratios(results["operator"])
+    return out
+
+
+def _runtime_panels(runtime: dict[str, Any], throughput: Any, latency: Any) -> str:
+    sizes = [int(size) for size in runtime["directBulk"]]
+    series = {"direct _bulk (ceiling)": runtime["directBulk"], "publisher /in": runtime["current"]["publisherIn"]}
+    if runtime.get("previous"):
+        series[f"publisher /in ({runtime['previousRef']})"] = runtime["previous"]["publisherIn"]
+    for label, points in series.items():
+        throughput.plot(sizes, [points[str(size)]["perSecond"] for size in sizes], marker="o", label=label)
+        latency.plot(sizes, [points[str(size)]["p95Ms"] for size in sizes], marker="o", label=label)
+    throughput.set(xscale="log", xlabel="batch size (documents)", ylabel="documents/s", title="Bulk throughput")
+    latency.set(xscale="log", xlabel="batch size (documents)", ylabel="p95 per batch (ms)", title="Batch latency p95")
+    rx = runtime["current"]["receiverRx"]
+    return f"Receiver: {rx['perSecond']:,.0f} acknowledged msg/s, p50 {rx['p50Ms']} ms, p99 {rx['p99Ms']} ms"
+
+
+def _operator_panel(operator: dict[str, Any], axes: Any) -> None:
+    counts = [int(count) for count in operator["createToChildren"]]
+    for quantile in ("p50Ms", "p99Ms"):
+        values = [operator["createToChildren"][str(count)][quantile] / 1000 for count in counts]
+        axes.plot(counts, values, marker="o", label=f"operator {quantile[:3]}")
+        direct = [operator["directApply"][str(count)][quantile] / 1000 for count in counts]
+        axes.plot(counts, direct, marker="x", linestyle="--", label=f"direct apply {quantile[:3]}")
+    axes.set(xlabel="pipelines created at once", ylabel="seconds to all children", title="Operator")
+
+
 def chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = [int(size) for size in results["directBulk"]]
-    series = {"direct _bulk (ceiling)": results["directBulk"], "publisher /in": results["current"]["publisherIn"]}
-    if results.get("previous"):
-        series[f"publisher /in ({results['previousRef']})"] = results["previous"]["publisherIn"]
-    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for label, points in series.items():
-        throughput.plot(sizes, [points[str(size)]["perSecond"] for size in sizes], marker="o", label=label)
-        latency.plot(sizes, [points[str(size)]["p95Ms"] for size in sizes], marker="o", label=label)
-    throughput.set(xscale="log", xlabel="batch size (documents)", ylabel="documents/s", title="Throughput")
-    latency.set(xscale="log", xlabel="batch size (documents)", ylabel="p95 per batch (ms)", title="Batch latency p95")
-    for axes in (throughput, latency):
+    figure, (throughput, latency, operator) = plt.subplots(1, 3, figsize=(17, 4.8))
+    title = f"{results['machine']['cpus']} CPUs"
+    if "runtime" in results:
+        title = f"{_runtime_panels(results['runtime'], throughput, latency)}  ({title})"
+    if "operator" in results:
+        _operator_panel(results["operator"], operator)
+    for axes in (throughput, latency, operator):
         axes.grid(True, alpha=0.3)
-        axes.legend()
-    rx = results["current"]["receiverRx"]
-    figure.suptitle(
-        f"Receiver: {rx['perSecond']:,.0f} acknowledged msg/s, p50 {rx['p50Ms']} ms, p99 {rx['p99Ms']} ms"
-        f"  ({results['machine']['cpus']} CPUs)"
-    )
+        if axes.lines:
+            axes.legend()
+        else:
+            axes.text(0.5, 0.5, "not run", ha="center", va="center", transform=axes.transAxes)
+    figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
