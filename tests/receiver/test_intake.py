@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
+from typing import Any
 
 import orjson
 import plyvel
 import pytest
 
-from sluice_runtime.receiver.queue import MESSAGE_PREFIX, MESSAGES_END
-from tests.receiver.support import eventually, running_receiver, settings
+from sluice_runtime.receiver.queue import COUNT_KEY, MESSAGE_PREFIX, MESSAGES_END, MessageQueue, QueueFull
+from tests.receiver.support import (
+    eventually,
+    publisher_settings,
+    running_publisher,
+    running_receiver,
+    settings,
+    status_of,
+)
 
 JSON = {"Content-Type": "application/json"}
 NDJSON = {"Content-Type": "application/x-ndjson"}
@@ -84,18 +93,38 @@ async def test_concurrent_requests_share_group_commits(tmp_path: Path) -> None:
 
 async def test_seq_stays_monotonic_across_restarts_even_when_drained(tmp_path: Path) -> None:
     data = tmp_path / "q"
+    async with running_publisher(publisher_settings(tmp_path / "out")) as publisher:
+        config = settings(data, forwardUrl=str(publisher.make_url("/in")))
+        async with running_receiver(config) as client:
+            first = [(await (await client.post("/rx/p/k/l", data=b"{}")).json())["seq"] for _ in range(3)]
+
+            async def drained() -> bool:
+                return (await status_of(client))["backlog"] == 0
+
+            await eventually(drained, what="the queue to drain")
     async with running_receiver(settings(data)) as client:
-        first = [(await (await client.post("/rx/p/k/l", data=b"{}")).json())["seq"] for _ in range(3)]
-    # Empty the queue behind the receiver's back, as a drained forwarder would.
-    db = plyvel.DB(str(data))
-    for key, _ in db.iterator(start=MESSAGE_PREFIX, stop=MESSAGES_END):
-        db.delete(key, sync=True)
-    db.close()
-    async with running_receiver(settings(data)) as client:
-        assert (await (await client.get("/status")).json())["backlog"] == 0
+        assert (await status_of(client))["backlog"] == 0
         later = (await (await client.post("/rx/p/k/l", data=b"{}")).json())["seq"]
     assert first == sorted(first)
     assert later > first[-1]
+
+
+async def test_backlog_survives_a_restart_with_or_without_the_stored_count(tmp_path: Path) -> None:
+    data = tmp_path / "q"
+    async with running_receiver(settings(data, queue={"maxMessages": 100})) as client:
+        ndjson = {"Content-Type": "application/x-ndjson"}
+        assert (await client.post("/rx/p/k/l", data=b"{}\n" * 40, headers=ndjson)).status == 200
+    async with running_receiver(settings(data, queue={"maxMessages": 100})) as client:
+        assert (await status_of(client))["backlog"] == 40
+    # A queue written before the count was kept: the receiver counts the messages instead.
+    db = plyvel.DB(str(data))
+    db.delete(COUNT_KEY, sync=True)
+    db.close()
+    async with running_receiver(settings(data, queue={"maxMessages": 100})) as client:
+        assert (await status_of(client))["backlog"] == 40
+        # And the count it keeps from then on is right: 60 more fill the queue exactly.
+        assert (await client.post("/rx/p/k/l", data=b"{}\n" * 60, headers=ndjson)).status == 200
+        assert (await client.post("/rx/p/k/l", data=b"{}")).status == 503
 
 
 @pytest.mark.parametrize(
@@ -162,6 +191,34 @@ async def test_full_queue_answers_503_with_retry_after(tmp_path: Path) -> None:
         ndjson = await client.post("/rx/p/k/l", data=b"{}\n{}\n", headers=NDJSON)
         assert ndjson.status == 503
         assert (await (await client.get("/status")).json())["backlog"] == 5
+
+
+async def test_messages_being_committed_count_toward_the_limit(tmp_path: Path) -> None:
+    # Found by the fault matrix (tests/faults): a request that arrived while a group commit was being written
+    # did not count that commit's messages, so a busy receiver's queue ended above maxMessages.
+    queue = MessageQueue(tmp_path / "q", max_messages=2)
+    await queue.open()
+    writing, release = threading.Event(), threading.Event()
+    write = queue._apply
+
+    def slow_write(*args: Any) -> Any:  # the fsync of a group commit, held open by the test
+        writing.set()
+        release.wait(10)
+        return write(*args)
+
+    queue._apply = slow_write  # type: ignore[method-assign]
+    try:
+        first = asyncio.create_task(queue.append([(queue.reserve(1), b"{}")]))
+        await asyncio.to_thread(writing.wait, 10)  # the first message is being written, not yet counted
+        with pytest.raises(QueueFull):
+            queue.reserve(2)  # 1 being written + 2 would be over the limit of 2
+        second = queue.reserve(1)  # 1 + 1 fits
+    finally:
+        release.set()
+    await first
+    await queue.append([(second, b"{}")])
+    assert queue.count == 2
+    await queue.close()
 
 
 async def test_drop_oldest_is_opt_in_and_counted(tmp_path: Path) -> None:

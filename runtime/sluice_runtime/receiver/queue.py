@@ -34,6 +34,9 @@ log = logging.getLogger("sluice.receiver.queue")
 MESSAGE_PREFIX = b"m"
 MESSAGES_END = b"n"  # first key after every message key
 NEXT_SEQ_KEY = b"s:next"
+# The number of message keys, written in the same atomic batch as every change to them, so that
+# opening a long queue reads two keys instead of every message.
+COUNT_KEY = b"s:count"
 # A larger memtable than LevelDB's 4 MiB means fewer level-0 files and fewer write stalls under
 # sustained intake; two of them at most are in memory, which fits the 150 MB RSS budget.
 WRITE_BUFFER_BYTES = 32 * 1024 * 1024
@@ -103,6 +106,8 @@ class MessageQueue:
         self._cursor = 0  # highest seq claimed by the forwarder (touched on the database thread only)
         # Bookkeeping below is only changed on the event loop, from results the database thread returns.
         self.count = 0  # messages on disk
+        self._committing = 0  # messages of the group commit being written: in neither _puts nor count
+        self._lenient = False  # opened past damaged records: the stored count cannot be trusted
         self.unclaimed = 0  # messages on disk past the cursor
         self.dropped = 0
         self.head_time: float | None = None
@@ -132,20 +137,20 @@ class MessageQueue:
     def _open(self) -> tuple[int, float | None, int]:
         self.path.mkdir(parents=True, exist_ok=True)
         self._db = self._open_db()
-        count = 0
-        first: bytes | None = None
-        last_key: bytes | None = None
-        for key, value in self._db.iterator(start=MESSAGE_PREFIX, stop=MESSAGES_END):
-            if first is None:
-                first = value
-            last_key = key
-            count += 1
+        first = next(self._db.iterator(start=MESSAGE_PREFIX, stop=MESSAGES_END), None)
+        last = next(self._db.iterator(start=MESSAGE_PREFIX, stop=MESSAGES_END, reverse=True, include_value=False), None)
+        stored_count = self._db.get(COUNT_KEY)
+        if stored_count is not None and not self._lenient:
+            count = int.from_bytes(stored_count, "big")
+        else:
+            # A queue written before the count was kept, or one opened past damaged records: count the keys.
+            count = sum(1 for _ in self._db.iterator(start=MESSAGE_PREFIX, stop=MESSAGES_END, include_value=False))
         stored = self._db.get(NEXT_SEQ_KEY)
         next_seq = max(
             int.from_bytes(stored, "big") if stored else 1,
-            key_seq(last_key) + 1 if last_key else 1,
+            key_seq(last) + 1 if last else 1,
         )
-        return count, envelope_time(first) if first else None, next_seq
+        return count, envelope_time(first[1]) if first else None, next_seq
 
     async def close(self) -> None:
         """Finish every pending write, then close the database."""
@@ -184,7 +189,7 @@ class MessageQueue:
         """The first of ``count`` new sequence numbers, or :class:`QueueFull` under the reject policy."""
         if self._closing:
             raise StoreError("the receiver is shutting down")
-        if not self.drop_oldest and self.count + len(self._puts) + count > self.max_messages:
+        if not self.drop_oldest and self.count + self._committing + len(self._puts) + count > self.max_messages:
             raise QueueFull(f"the queue holds {self.count} of at most {self.max_messages} messages")
         first = self._next_seq
         self._next_seq += count
@@ -259,6 +264,7 @@ class MessageQueue:
             puts, put_waiters = self._puts, self._put_waiters
             deletes, delete_waiters = self._deletes, self._delete_waiters
             self._puts, self._put_waiters, self._deletes, self._delete_waiters = [], [], [], []
+            self._committing = len(puts)
             overflow = self.count + len(puts) - len(deletes) - self.max_messages
             drop = min(max(0, overflow), self.unclaimed) if self.drop_oldest and puts else 0
             next_seq = self._next_seq
@@ -269,10 +275,12 @@ class MessageQueue:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.error("queue write failed", extra={"error": self.last_error, "messages": len(puts)})
                 error = StoreError(self.last_error)
+                self._committing = 0
                 for future in (*put_waiters, *delete_waiters):
                     if not future.done():
                         future.set_exception(error)
                 continue
+            self._committing = 0  # no await until _account: nothing can reserve in between
             self._account(len(puts), len(deletes), applied, puts)
             if self._on_commit is not None:
                 self._on_commit(len(puts), time.perf_counter() - started, applied.dropped)
@@ -315,6 +323,8 @@ class MessageQueue:
                     batch.put(key, value)
                 if puts:
                     batch.put(NEXT_SEQ_KEY, next_seq.to_bytes(8, "big"))
+                # Claimed keys (deletes) and unclaimed ones (drops) never overlap, and every delete exists.
+                batch.put(COUNT_KEY, (self.count + len(puts) - len(deletes) - dropped).to_bytes(8, "big"))
         except Exception:
             # LevelDB keeps a failed write's error and refuses all later writes; reopen before the next one.
             self._broken = True
@@ -339,6 +349,7 @@ class MessageQueue:
                 str(self.path), create_if_missing=True, paranoid_checks=True, write_buffer_size=WRITE_BUFFER_BYTES
             )
         except plyvel.CorruptionError as exc:
+            self._lenient = True
             # A damaged record (a torn write after a power cut) must not keep the whole queue from
             # opening: open leniently, which skips what cannot be read, and say so loudly.
             log.error("queue database damaged; opening it without paranoid checks", extra={"error": str(exc)})
