@@ -102,6 +102,14 @@ async def test_batch_is_indexed_once_with_the_template_mapping(search_engine: Se
     payload = properties["rxtxMsg"]["properties"]["payload"]["properties"]
     assert payload["currently"]["properties"]["temperature"]["type"] == "half_float"
     assert properties["rxtxMsg"]["properties"]["producer"]["type"] == "keyword"
+    # The rest of the sample's types, in the fresh index the template applied to.
+    assert payload["latitude"]["type"] == "half_float"
+    assert payload["offset"]["type"] == "byte"
+    assert payload["currently"]["properties"]["time"]["type"] == "long"
+    assert payload["currently"]["properties"]["nearestStormDistance"]["type"] == "integer"
+    assert properties["rxtxMsg"]["properties"]["time"]["type"] == "date"
+    assert properties["error"]["properties"]["message"]["type"] == "text"  # a field in a group
+    assert properties["error"]["properties"]["code"]["type"] == "long"
 
 
 async def test_documents_land_in_the_index_named_by_their_own_time(search_engine: SearchEngine) -> None:
@@ -152,6 +160,23 @@ async def test_large_batches_are_split_by_size_and_gzipped(search_engine: Search
     )
     assert requests > 10, "600 documents at 16 KiB per request need many requests"
     assert len(set(stored_ids(search_engine, f"{name}-*"))) == 600
+
+
+async def test_a_stopped_engine_gets_503_and_the_retry_succeeds_once_it_is_back(search_engine: SearchEngine) -> None:
+    name = unique_name()
+    envelopes = readings(10)
+    async with running_publisher(settings_for(search_engine.url, name, fields=None)) as client:
+        # Stopped and started from a thread: the publisher under test runs on this event loop.
+        await asyncio.to_thread(search_engine.stop)
+        try:
+            response = await client.post("/in", data=batch_body(envelopes))
+            assert response.status == 503
+            assert int(response.headers["Retry-After"]) > 0
+        finally:
+            await asyncio.to_thread(search_engine.start)
+        status, answer = await post_batch(client, batch_body(envelopes))
+        assert (status, answer["indexed"]) == (200, 10)
+    assert sorted(stored_ids(search_engine, f"{name}-*")) == sorted(e["uuid"] for e in envelopes)
 
 
 async def test_an_unreachable_engine_gets_503_with_retry_after() -> None:
