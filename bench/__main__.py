@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,6 +99,10 @@ def measure_version(version: RuntimeVersion, engine_url: str, args: argparse.Nam
             measured = asyncio.run(loads.publisher_in(publisher.url, args.documents, size, args.concurrency))
             results["publisherIn"][str(size)] = measured.summary()
             print(f"  batch {size}: {measured.per_second:,.0f} docs/s", flush=True)
+        print(f"[{version.name}] end to end: receiver POST to searchable, {args.documents * 5:,} messages", flush=True)
+        end_to_end = measure_end_to_end(version, publisher.url, engine_url, args.documents * 5, work)
+        results["endToEnd"] = end_to_end
+        print(f"  {end_to_end['perSecond']:,.0f} msg/s", flush=True)
         # The same queue again, now with its backlog on disk and a publisher to drain it into.
         with running_receiver(version, publisher.url, queue_dir, args.backlog_messages * 2) as receiver:
             backlog = int(receiver.status()["backlog"])
@@ -112,6 +117,27 @@ def measure_version(version: RuntimeVersion, engine_url: str, args: argparse.Nam
             results["drainToEngine"] = {"messages": backlog, "seconds": round(seconds, 2), "perSecond": round(rate, 1)}
             print(f"  drained at {rate:,.0f} msg/s", flush=True)
     return results
+
+
+def engine_count(engine_url: str, pattern: str) -> int:
+    urllib.request.urlopen(urllib.request.Request(f"{engine_url}/{pattern}/_refresh", method="POST"), timeout=30)
+    with urllib.request.urlopen(f"{engine_url}/{pattern}/_count", timeout=30) as response:
+        return int(json.loads(response.read())["count"])
+
+
+def measure_end_to_end(
+    version: RuntimeVersion, publisher_url: str, engine_url: str, messages: int, work: Path
+) -> dict[str, float]:
+    """From the first POST to the receiver until every message is searchable: what a client's data lives through."""
+    pattern = f"bench-{version.label}-*"
+    before = engine_count(engine_url, pattern)
+    with running_receiver(version, publisher_url, work / f"{version.label}-e2e", messages * 2) as receiver:
+        started = time.perf_counter()
+        asyncio.run(loads.receiver_ndjson(receiver.url, messages, 1000, 8))
+        while engine_count(engine_url, pattern) < before + messages:
+            time.sleep(0.2)
+        seconds = time.perf_counter() - started
+    return {"messages": messages, "seconds": round(seconds, 2), "perSecond": round(messages / seconds, 1)}
 
 
 def measure_ceiling(engine_url: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:

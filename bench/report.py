@@ -26,6 +26,7 @@ def runtime_ratios(runtime: dict[str, Any]) -> dict[str, Any]:
             size: _ratio(current["publisherIn"][size]["perSecond"], ceiling[size]["perSecond"]) for size in ceiling
         },
         "drainToDirectBulk": _ratio(current["drainToEngine"]["perSecond"], ceiling[largest]["perSecond"]),
+        "endToEndToDirectBulk": _ratio(current["endToEnd"]["perSecond"], ceiling[largest]["perSecond"]),
     }
     if previous:
         out["currentToPrevious"] = {
@@ -35,7 +36,7 @@ def runtime_ratios(runtime: dict[str, Any]) -> dict[str, Any]:
             },
             **{
                 key: _ratio(current[key]["perSecond"], previous[key]["perSecond"])
-                for key in ("receiverRx", "receiverNdjson", "drainToEngine")
+                for key in ("receiverRx", "receiverNdjson", "drainToEngine", "endToEnd")
                 if key in previous
             },
         }
