@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.chart.support import CHART, KUBE_VERSION, set_args
 from tests.support.kube import KubeCluster
 from tests.support.procs import ManagedProcess, free_port, wait_until
 
@@ -134,7 +135,35 @@ def _bad(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     return mutate
 
 
+def _edge(url: str = "https://central.example.com/in", keep_elasticsearch: bool = False,
+          forward: dict[str, Any] | None = None, **extra: Any) -> Callable[[dict[str, Any]], None]:
+    """The wx document turned into an edge pipeline (spec.forward), plus ``extra`` top-level spec fields."""
+    def mutate(doc: dict[str, Any]) -> None:
+        spec = doc["spec"]
+        if not keep_elasticsearch:
+            del spec["elasticsearch"], spec["indexTemplate"]
+        spec["forward"] = {"url": url} | (forward or {})
+        for key, value in extra.items():
+            spec[key] = value
+
+    return mutate
+
+
+def _neither(doc: dict[str, Any]) -> None:
+    del doc["spec"]["elasticsearch"], doc["spec"]["indexTemplate"]
+
+
+EXACTLY_ONE = "set exactly one of spec.forward"
+
 INVALID = {
+    "forward-and-elasticsearch": (_edge(keep_elasticsearch=True), EXACTLY_ONE),
+    "neither-forward-nor-elasticsearch": (_neither, EXACTLY_ONE),
+    "edge-index-template": (_edge(indexTemplate={"name": "wx"}), "an edge pipeline (spec.forward) has none here"),
+    "edge-publisher-tls": (_edge(publisher={"tls": {"secretRef": {"name": "t"}}}),
+                           "spec.publisher.auth and spec.publisher.tls configure this pipeline's own publisher"),
+    "edge-url": (_edge("central.example.com/in"), "forward.url must start with http:// or https://"),
+    "edge-ca-over-http": (_edge("http://central.example.com/in", forward={"caSecretRef": {"name": "ca"}}),
+                          "forward.url must then start with https://"),
     "batch-over-queue": (_bad("receiver.batch.maxMessages", 600000), "must not exceed receiver.queue.maxMessages"),
     "when-full": (_bad("receiver.queue.whenFull", "dropNewest"), 'supported values: "reject", "dropOldest"'),
     "index-uppercase": (_bad("elasticsearch.index", "WX-%{+yyyy.MM}"), "valid index name"),
@@ -250,6 +279,51 @@ def test_optional_children_are_pruned(kube: KubeCluster, namespace: str, operato
     wait_until(lambda: maybe(kube, "networkpolicy", "wx-sluice", "-n", namespace) is None, 30, "NetworkPolicy pruned")
 
 
+PUBLISHER_CHILDREN = [("deployment", "wx-publisher"), ("service", "wx-publisher"),
+                      ("poddisruptionbudget", "wx-publisher")]
+
+
+def test_edge_pipeline_is_ready_without_a_publisher(kube: KubeCluster, namespace: str, operator: Operator) -> None:
+    kube.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted",
+                 "pod-security.kubernetes.io/enforce-version=latest")
+    # It starts as a full pipeline, so that turning it into an edge one must prune the publisher's children.
+    kube.apply(wx(namespace))
+    wait_until(lambda: ready(kube, namespace), 90, "the full pipeline Ready")
+    assert all(maybe(kube, kind, name, "-n", namespace) for kind, name in PUBLISHER_CHILDREN)
+
+    url = "https://sluice-central.example.com/in"
+    forward = {"url": url, "tokenSecretRef": {"name": "central-token"}, "caSecretRef": {"name": "central-ca"}}
+    kube.kubectl("patch", "ingp", "wx", "-n", namespace, "--type=merge",
+                 "-p", json.dumps({"spec": {"elasticsearch": None, "indexTemplate": None, "forward": forward}}))
+    # The Secrets do not exist yet: reported like any missing Secret, and the last good children stay.
+    wait_until(lambda: condition(maybe(kube, "ingp", "wx", "-n", namespace), "Ready").get("reason")
+               == "SecretNotFound", 30, "Ready=False with reason SecretNotFound")
+    assert "central-token" in condition(get_json(kube, "ingp", "wx", "-n", namespace), "Ready")["message"]
+    wait_until(lambda: any(e["reason"] == "SecretNotFound" and e["type"] == "Warning" for e in get_json(
+        kube, "events", "-n", namespace, "--field-selector", "involvedObject.name=wx")["items"]), 30, "an Event")
+    assert maybe(kube, "deployment", "wx-publisher", "-n", namespace)
+
+    kube.kubectl("create", "secret", "generic", "central-token", "-n", namespace, "--from-literal=token=t0ken")
+    kube.kubectl("create", "secret", "generic", "central-ca", "-n", namespace, "--from-literal=ca.crt=placeholder")
+    wait_until(lambda: ready(kube, namespace), 90, "the edge pipeline Ready")
+    wait_until(lambda: not any(maybe(kube, kind, name, "-n", namespace) for kind, name in PUBLISHER_CHILDREN), 30,
+               "the publisher's children pruned")
+    status = get_json(kube, "ingp", "wx", "-n", namespace)["status"]
+    assert "publisher" not in status, "an edge pipeline reports no publisher replicas"
+    assert status["receiver"] == {"replicas": 1, "readyReplicas": 1}
+    for type_ in ("PublisherReady", "IndexTemplateReady"):
+        entry = condition({"status": status}, type_)
+        assert (entry["status"], entry["reason"]) == ("True", "External") and url in entry["message"], entry
+    config = yaml.safe_load(get_json(kube, "configmap", "wx-sluice-config", "-n", namespace)["data"]["sluice.yaml"])
+    assert set(config) == {"receiver"}
+    assert config["receiver"]["forwardUrl"] == url
+    pod = get_json(kube, "statefulset", "wx-receiver", "-n", namespace)["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    for key in ("forwardTokenFile", "forwardCaFile"):
+        directory = config["receiver"][key].rsplit("/", 1)[0]
+        assert mounts[directory]["readOnly"] is True
+
+
 def test_missing_secret_is_reported_not_crashed(kube: KubeCluster, namespace: str, operator: Operator) -> None:
     doc = wx(namespace, "sec")
     doc["spec"]["elasticsearch"]["credentialsSecretRef"] = {"name": "es-creds"}
@@ -357,24 +431,16 @@ def test_fifty_pipelines_in_five_namespaces(kube: KubeCluster, namespace: str,
 
 # The namespaced rules of charts/sluice-operator/templates/rbac.yaml as of this writing (tighter than issue 6's
 # list): every verb the operator uses, and nothing else.
-CHART_RULES = [
-    {"apiGroups": ["sluice.dev"], "resources": ["ingestpipelines"], "verbs": ["get", "list", "watch", "patch"]},
-    {"apiGroups": ["sluice.dev"], "resources": ["ingestpipelines/status"], "verbs": ["patch"]},
-    {"apiGroups": ["sluice.dev"], "resources": ["ingestpipelines/finalizers"], "verbs": ["update"]},
-    {"apiGroups": [""], "resources": ["configmaps", "services"], "verbs": ["get", "list", "watch", "create", "patch"]},
-    {"apiGroups": ["apps"], "resources": ["statefulsets", "deployments"],
-     "verbs": ["get", "list", "watch", "create", "patch"]},
-    {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["create", "patch"]},
-    {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["list", "create", "patch", "delete"]},
-    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
-     "verbs": ["list", "create", "patch", "delete"]},
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
-    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
-    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
-    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["sluice-operator"],
-     "verbs": ["get", "update"]},
-]
+def chart_rules(kube: KubeCluster, namespace: str) -> list[dict[str, Any]]:
+    """The rules the Helm chart grants in namespaced mode: its pipeline Role and its leader-election Role."""
+    # Release "sluice-operator" makes the chart's names, the Lease's included, match the operator's defaults.
+    rendered = kube.helm(
+        "template", "sluice-operator", str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION,
+        *set_args({"watch.allNamespaces": "false", "watch.namespaces": f"{{{namespace}}}"}),
+    ).stdout  # fmt: skip
+    roles = [doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "Role"]
+    assert len(roles) == 2, [role["metadata"]["name"] for role in roles]
+    return [rule for role in roles for rule in role["rules"]]
 
 
 def test_runs_with_the_charts_least_privilege_rbac(kube: KubeCluster, namespace: str, tmp_path: Path,
@@ -382,7 +448,7 @@ def test_runs_with_the_charts_least_privilege_rbac(kube: KubeCluster, namespace:
     kube.apply([
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "sluice-operator", "namespace": namespace}},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-         "metadata": {"name": "sluice-operator", "namespace": namespace}, "rules": CHART_RULES},
+         "metadata": {"name": "sluice-operator", "namespace": namespace}, "rules": chart_rules(kube, namespace)},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
          "metadata": {"name": "sluice-operator", "namespace": namespace},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sluice-operator"},

@@ -14,7 +14,8 @@ from sluice_operator._cogs import conditions
 from sluice_operator._cogs.conditions import Condition
 from sluice_operator._cogs.hashing import CONFIG_HASH_ANNOTATION
 from sluice_operator.model import SpecError, parse_fields, render
-from sluice_operator.model.render import default_pattern
+from sluice_operator.model.render import container_security_context, default_pattern, pod_security_context
+from sluice_operator.model.spec import secret_uses
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "ghcr.io/sluice-dev/sluice-runtime:0.1.0"
@@ -272,3 +273,155 @@ def test_backlog_sums_the_receivers_that_answer() -> None:
         assert probes.fetch_status("127.0.0.1", 1, 0.5) is None
     finally:
         server.shutdown()
+
+
+def edge_spec() -> dict[str, Any]:
+    docs = yaml.safe_load_all((ROOT / "examples" / "edge.yaml").read_text())
+    return next(d for d in docs if d["kind"] == "IngestPipeline" and d["metadata"]["namespace"] == "edge-site")["spec"]
+
+
+def central_spec() -> dict[str, Any]:
+    spec = wx_spec()
+    spec["publisher"] |= {"auth": {"tokenSecretRef": {"name": "publisher-tokens"}},
+                          "tls": {"secretRef": {"name": "publisher-tls"}}}
+    return spec
+
+
+def runtime_config(children: list[dict[str, Any]]) -> dict[str, Any]:
+    return yaml.safe_load(by_kind(children, "ConfigMap")["data"]["sluice.yaml"])
+
+
+def mounted_files(template: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
+    """Every file path the pod's Secret mounts put in the container -> (Secret, key), checked mount by mount."""
+    pod = template["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    files: dict[str, tuple[str, str | None]] = {}
+    for mount in pod["containers"][0]["volumeMounts"]:
+        secret = volumes.get(mount["name"], {}).get("secret")  # "data" is a volume claim template
+        if not secret:
+            continue
+        assert mount["readOnly"] is True, mount
+        items = secret.get("items")
+        if items:
+            files |= {f"{mount['mountPath']}/{i['path']}": (secret["secretName"], i["key"]) for i in items}
+        else:  # the whole Secret: any key is a file under the mount path
+            files[f"{mount['mountPath']}/*"] = (secret["secretName"], None)
+    return files
+
+
+def resolves(files: dict[str, tuple[str, str | None]], path: str) -> tuple[str, str | None]:
+    if path in files:
+        return files[path]
+    directory, _, key = path.rpartition("/")
+    secret, _ = files[f"{directory}/*"]
+    return secret, key
+
+
+def test_edge_renders_receivers_only_forwarding_with_mounted_token_and_ca() -> None:
+    children = render("weather", "edge-site", edge_spec(), runtime_image=IMAGE)
+    kinds = sorted((c["kind"], c["metadata"]["name"]) for c in children)
+    assert kinds == [
+        ("ConfigMap", "weather-sluice-config"),
+        ("PodDisruptionBudget", "weather-receiver"),
+        ("Service", "weather-receiver"),
+        ("Service", "weather-receiver-headless"),
+        ("StatefulSet", "weather-receiver"),
+    ]
+    config = runtime_config(children)
+    assert set(config) == {"receiver"}, "an edge pipeline configures no publisher"
+    rx = config["receiver"]
+    assert rx["forwardUrl"] == "https://sluice-central.example.com/in"
+    files = mounted_files(by_kind(children, "StatefulSet")["spec"]["template"])
+    assert files[rx["forwardTokenFile"]] == ("central-token", "token")
+    assert files[rx["forwardCaFile"]] == ("central-ca", "ca.crt")
+    # A network policy of an edge pipeline has no publisher rule to open.
+    with_policy = render("weather", "edge-site", edge_spec() | {"networkPolicy": {"enabled": True}},
+                         runtime_image=IMAGE)
+    assert len(by_kind(with_policy, "NetworkPolicy")["spec"]["ingress"]) == 1
+
+
+def test_edge_without_token_or_ca_forwards_plainly() -> None:
+    spec = edge_spec()
+    spec["forward"] = {"url": "http://central.sluice.svc:8081"}
+    children = render("weather", "edge-site", spec, runtime_image=IMAGE)
+    rx = runtime_config(children)["receiver"]
+    assert rx["forwardUrl"] == "http://central.sluice.svc:8081"
+    assert "forwardTokenFile" not in rx and "forwardCaFile" not in rx
+    assert mounted_files(by_kind(children, "StatefulSet")["spec"]["template"]) == {}
+
+
+@pytest.mark.parametrize(("ca_key", "expected"), [("ca.crt", "ca.crt"), ("tls.crt", "tls.crt")])
+def test_central_publisher_demands_tokens_over_tls_and_its_receivers_follow(ca_key: str, expected: str) -> None:
+    children = render("wx", "central", central_spec(), runtime_image=IMAGE, tls_ca_key=ca_key)
+    config = runtime_config(children)
+    pub_template = by_kind(children, "Deployment")["spec"]["template"]
+    pub_files = mounted_files(pub_template)
+    assert resolves(pub_files, config["publisher"]["auth"]["tokenFile"]) == ("publisher-tokens", "tokens")
+    assert resolves(pub_files, config["publisher"]["tls"]["certFile"]) == ("publisher-tls", "tls.crt")
+    assert resolves(pub_files, config["publisher"]["tls"]["keyFile"]) == ("publisher-tls", "tls.key")
+    container = pub_template["spec"]["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+
+    rx = config["receiver"]
+    assert rx["forwardUrl"] == "https://wx-publisher.central.svc:8081/in"
+    rx_files = mounted_files(by_kind(children, "StatefulSet")["spec"]["template"])
+    assert rx_files[rx["forwardTokenFile"]] == ("publisher-tokens", "tokens")
+    assert rx_files[rx["forwardCaFile"]] == ("publisher-tls", expected)
+    # The receivers get the CA (or certificate) only, never the publisher's private key.
+    assert set(rx_files.values()) == {("publisher-tokens", "tokens"), ("publisher-tls", expected)}
+    rx_probe = by_kind(children, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    assert "scheme" not in rx_probe["httpGet"]
+
+
+def test_plain_pipelines_probe_without_a_scheme_and_forward_over_http() -> None:
+    children = render("wx", "tenant", wx_spec(), runtime_image=IMAGE)
+    assert "scheme" not in by_kind(children, "Deployment")["spec"]["template"]["spec"]["containers"][0][
+        "readinessProbe"]["httpGet"]
+    config = runtime_config(children)
+    assert "auth" not in config["publisher"] and "tls" not in config["publisher"]
+    assert "forwardTokenFile" not in config["receiver"] and "forwardCaFile" not in config["receiver"]
+
+
+@pytest.mark.parametrize("spec_of", [edge_spec, central_spec], ids=["edge", "central"])
+def test_edge_and_central_pods_stay_restricted(spec_of: Any) -> None:
+    spec = spec_of() | {"serviceAccount": {"create": True}}
+    for template in pod_templates(render("x", "ns", spec, runtime_image=IMAGE)):
+        pod = template["spec"]
+        assert pod["securityContext"] == pod_security_context()
+        assert pod["automountServiceAccountToken"] is False
+        for volume in pod["volumes"]:
+            assert set(volume) - {"name"} <= {"configMap", "emptyDir", "secret", "persistentVolumeClaim"}
+        for container in pod["containers"]:
+            assert container["securityContext"] == container_security_context()
+
+
+def test_hashes_follow_the_auth_and_tls_settings() -> None:
+    base = hashes(wx_spec())
+    tokens = wx_spec()
+    tokens["publisher"]["auth"] = {"tokenSecretRef": {"name": "publisher-tokens"}}
+    with_tokens = hashes(tokens)
+    # Both roles change: the publisher checks tokens, the receivers send one.
+    assert with_tokens[0] != base[0] and with_tokens[1] != base[1]
+    tls = hashes(central_spec())
+    assert tls[0] != with_tokens[0] and tls[1] != with_tokens[1]
+    other_key = central_spec()
+    other_key["publisher"]["auth"]["tokenSecretRef"]["key"] = "list"
+    assert hashes(other_key) != tls
+    edge_a = render("weather", "edge-site", edge_spec(), runtime_image=IMAGE)
+    moved = edge_spec()
+    moved["forward"]["url"] = "https://elsewhere.example.com/in"
+    edge_b = render("weather", "edge-site", moved, runtime_image=IMAGE)
+    annotation = [by_kind(c, "StatefulSet")["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+                  for c in (edge_a, edge_b)]
+    assert annotation[0] != annotation[1]
+
+
+def test_secret_uses_name_every_mounted_secret_and_its_keys() -> None:
+    uses = {(u.where, u.name, u.keys) for u in secret_uses(central_spec()) + secret_uses(edge_spec())}
+    assert uses == {
+        ("publisher.auth.tokenSecretRef", "publisher-tokens", ("tokens",)),
+        ("publisher.tls.secretRef", "publisher-tls", ("tls.crt", "tls.key")),
+        ("forward.tokenSecretRef", "central-token", ("token",)),
+        ("forward.caSecretRef", "central-ca", ("ca.crt",)),
+    }

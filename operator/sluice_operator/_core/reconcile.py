@@ -23,11 +23,15 @@ from sluice_operator._core import events, kubeapi, metrics, probes
 from sluice_operator._core.kubeapi import ApiError
 from sluice_operator.model import SpecError, parse_fields, render
 from sluice_operator.model.render import Credentials
+from sluice_operator.model.spec import CA_KEY, TLS_CERT_KEY, is_edge, secret_uses
 
 log = logging.getLogger(__name__)
 
 # Kinds that render emits only sometimes; these are the only ones pruned (needs the "delete" verb).
 PRUNABLE = ("NetworkPolicy", "ServiceAccount")
+# The publisher's kinds, pruned only when a pipeline has become an edge one (spec.forward): only then does the
+# operator need list and delete on them, and a pipeline that never forwards never asks for those verbs.
+PUBLISHER_KINDS = ("Deployment", "Service", "PodDisruptionBudget")
 
 # Set while this replica may write (it holds the Lease, or runs without election). Cleared the moment the Lease
 # is lost, so handlers still in flight during kopf's shutdown write nothing behind the new leader's back.
@@ -84,9 +88,9 @@ def _reconcile(body: Mapping[str, Any], settings: OperatorSettings) -> None:
     spec = body.get("spec") or {}
     old_status = body.get("status") or {}
     try:
-        fields, credentials = _resolve(namespace, spec)
+        fields, credentials, tls_ca_key = _resolve(namespace, spec)
         children = render(name, namespace, spec, runtime_image=settings.runtime_image, fields=fields,
-                          credentials=credentials)
+                          credentials=credentials, tls_ca_key=tls_ca_key)
         if fields is None:
             fields = parse_fields((spec.get("indexTemplate") or {}).get("fields"), "spec.indexTemplate.fields")
     except SpecError as exc:
@@ -118,7 +122,8 @@ def _reconcile(body: Mapping[str, Any], settings: OperatorSettings) -> None:
                 message = f"applying {child['kind']} {child['metadata']['name']} failed, retrying: {_api_message(exc)}"
                 _report_invalid(body, "ApplyError", message, generation, old_status)
             raise
-    _prune(namespace, name, meta["uid"], {(c["kind"], c["metadata"]["name"]) for c in children})
+    kinds = PRUNABLE + (PUBLISHER_KINDS if is_edge(spec) else ())
+    _prune(namespace, name, meta["uid"], {(c["kind"], c["metadata"]["name"]) for c in children}, kinds)
     status = observe(name, namespace, spec, settings, old_status, generation, fields_count=count_fields(fields))
     kubeapi.patch_status(KIND, namespace, name, status)
     _announce(body, old_status, status, "Normal")
@@ -134,8 +139,12 @@ def count_fields(entries: list[Any] | None) -> int:
     return total
 
 
-def _resolve(namespace: str, spec: Mapping[str, Any]) -> tuple[list[Any] | None, Credentials | None]:
-    """Look up what the spec references; a missing or malformed reference is a :class:`SpecError`."""
+def _resolve(namespace: str, spec: Mapping[str, Any]) -> tuple[list[Any] | None, Credentials | None, str]:
+    """Look up what the spec references; a missing or malformed reference is a :class:`SpecError`.
+
+    Returns the fields list (when kept in a ConfigMap), the kind of ES credentials, and the key of the
+    publisher's TLS Secret that its receivers trust (``ca.crt`` when present, else the certificate).
+    """
     fields: list[Any] | None = None
     template = spec.get("indexTemplate") or {}
     ref = template.get("fieldsConfigMapRef")
@@ -163,17 +172,15 @@ def _resolve(namespace: str, spec: Mapping[str, Any]) -> tuple[list[Any] | None,
             raise SpecError("InvalidSecret",
                             f"Secret {creds_ref['name']} needs keys username and password, or apiKey "
                             f"(it has: {', '.join(sorted(keys)) or 'none'})")
-    ca_ref = es.get("caSecretRef")
-    if ca_ref:
-        key = ca_ref.get("key", "ca.crt")
-        if key not in _secret_keys(namespace, ca_ref["name"], "elasticsearch.caSecretRef"):
-            raise SpecError("InvalidSecret", f"Secret {ca_ref['name']} has no key {key!r}")
-    token_ref = ((spec.get("receiver") or {}).get("auth") or {}).get("tokenSecretRef")
-    if token_ref:
-        key = token_ref.get("key", "tokens")
-        if key not in _secret_keys(namespace, token_ref["name"], "receiver.auth.tokenSecretRef"):
-            raise SpecError("InvalidSecret", f"Secret {token_ref['name']} has no key {key!r}")
-    return fields, credentials
+    tls_ca_key = TLS_CERT_KEY
+    for use in secret_uses(spec):
+        keys = _secret_keys(namespace, use.name, use.where)
+        missing = [key for key in use.keys if key not in keys]
+        if missing:
+            raise SpecError("InvalidSecret", f"Secret {use.name} has no key {' or '.join(map(repr, missing))}")
+        if use.where == "publisher.tls.secretRef" and CA_KEY in keys:
+            tls_ca_key = CA_KEY
+    return fields, credentials, tls_ca_key
 
 
 def _secret_keys(namespace: str, name: str, where: str) -> set[str]:
@@ -184,8 +191,8 @@ def _secret_keys(namespace: str, name: str, where: str) -> set[str]:
     return set((secret.get("data") or {}).keys()) | set((secret.get("stringData") or {}).keys())
 
 
-def _prune(namespace: str, name: str, uid: str, wanted: set[tuple[str, str]]) -> None:
-    for kind in PRUNABLE:
+def _prune(namespace: str, name: str, uid: str, wanted: set[tuple[str, str]], kinds: tuple[str, ...]) -> None:
+    for kind in kinds:
         try:
             for item in kubeapi.list_(kind, namespace, naming.instance_selector(name)):
                 item_meta = item["metadata"]
@@ -210,13 +217,15 @@ def observe(
     generation: int | None,
     fields_count: int = 0,
 ) -> dict[str, Any]:
-    """The status block from the children as they are now."""
+    """The status block from the children as they are now.
+
+    An edge pipeline (spec.forward) has no publisher here: PublisherReady and IndexTemplateReady are True with
+    reason External, so Ready follows the receivers alone, and ``status.publisher`` is removed (null in the merge
+    patch) rather than reported as 0 ready publishers, which would read as a broken pipeline.
+    """
     sts = kubeapi.get("StatefulSet", namespace, naming.receiver(name))
-    deployment = kubeapi.get("Deployment", namespace, naming.publisher(name))
     rx_want = int((spec.get("receiver") or {}).get("replicas", 1))
-    pub_want = int((spec.get("publisher") or {}).get("replicas", 1))
     rx_ready_n, rx_cond = _workload_condition(sts, rx_want, cond.RECEIVER_READY, "receiver")
-    pub_ready_n, pub_cond = _workload_condition(deployment, pub_want, cond.PUBLISHER_READY, "publisher")
 
     rx_ips = _ready_pod_ips(namespace, naming.selector_labels(name, "receiver"))
     backlog_value, missing = probes.backlog(
@@ -228,7 +237,21 @@ def observe(
     if backlog_value is None:
         backlog_value = old_status.get("backlog")  # keep the last known value rather than claim 0
 
-    tpl_cond = _template_condition(name, namespace, pub_cond, fields_count)
+    forward_url = (spec.get("forward") or {}).get("url")
+    publisher_status: dict[str, int] | None = None
+    if forward_url:
+        pub_cond = Condition(cond.PUBLISHER_READY, True, "External",
+                             f"batches are forwarded to {forward_url}; that publisher is not managed here")
+        tpl_cond = Condition(cond.INDEX_TEMPLATE_READY, True, "External",
+                             f"the index template is installed by the publisher at {forward_url}")
+    else:
+        deployment = kubeapi.get("Deployment", namespace, naming.publisher(name))
+        pub_want = int((spec.get("publisher") or {}).get("replicas", 1))
+        pub_ready_n, pub_cond = _workload_condition(deployment, pub_want, cond.PUBLISHER_READY, "publisher")
+        publisher_status = {"replicas": pub_want, "readyReplicas": pub_ready_n}
+        # A publisher serving TLS is not asked over plain http; its readiness vouches for the template instead.
+        https = bool(((spec.get("publisher") or {}).get("tls") or {}).get("secretRef"))
+        tpl_cond = _template_condition(name, namespace, pub_cond, fields_count, probe=not https)
     parts = [rx_cond, pub_cond, tpl_cond]
     failing = next((c for c in parts if c.status is not True), None)
     if failing is None:
@@ -240,7 +263,7 @@ def observe(
         "conditions": cond.merge(old_status.get("conditions"), [ready, *parts], generation),
         "endpoint": naming.endpoint(name, namespace),
         "receiver": {"replicas": rx_want, "readyReplicas": rx_ready_n},
-        "publisher": {"replicas": pub_want, "readyReplicas": pub_ready_n},
+        "publisher": publisher_status,
         "backlog": backlog_value,
     }
 
@@ -271,9 +294,11 @@ def _ready_pod_ips(namespace: str, selector: Mapping[str, str]) -> list[str]:
     return ips
 
 
-def _template_condition(name: str, namespace: str, publisher: Condition, fields_count: int) -> Condition:
+def _template_condition(
+    name: str, namespace: str, publisher: Condition, fields_count: int, probe: bool = True
+) -> Condition:
     """The publisher installs the template; its /status says whether it did, and its readiness implies it."""
-    ips = _ready_pod_ips(namespace, naming.selector_labels(name, "publisher"))
+    ips = _ready_pod_ips(namespace, naming.selector_labels(name, "publisher")) if probe else []
     status = next((s for s in probes.fetch_many(ips[:1], naming.PUBLISHER_PORT, 1.0) if s), None)
     template = (status or {}).get("indexTemplate")
     if isinstance(template, Mapping):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import yaml
@@ -16,7 +17,18 @@ import yaml
 from sluice_operator._cogs import naming
 from sluice_operator._cogs.durations import seconds
 from sluice_operator._cogs.hashing import CONFIG_HASH_ANNOTATION, stable_hash
-from sluice_operator.model.spec import SpecError, parse_fields, with_defaults
+from sluice_operator.model.spec import (
+    CA_KEY,
+    FORWARD_TOKEN_KEY,
+    TLS_CERT_KEY,
+    TLS_KEY_KEY,
+    TOKENS_KEY,
+    SpecError,
+    is_edge,
+    parse_fields,
+    ref_key,
+    with_defaults,
+)
 
 CONFIG_DIR = "/etc/sluice/config"
 CONFIG_FILE = f"{CONFIG_DIR}/sluice.yaml"
@@ -25,7 +37,13 @@ DATA_MOUNT = "/var/lib/sluice"
 ES_SECRET_DIR = "/etc/sluice/es"
 ES_CA_DIR = "/etc/sluice/es-ca"
 AUTH_DIR = "/etc/sluice/auth"
+FORWARD_TOKEN_DIR = "/etc/sluice/forward-token"
+FORWARD_CA_DIR = "/etc/sluice/forward-ca"
+PUBLISHER_AUTH_DIR = "/etc/sluice/publisher-auth"
+PUBLISHER_TLS_DIR = "/etc/sluice/tls"
 RUN_AS = 10001
+SECRET_MODE = 0o440  # private material: owner and the fsGroup only
+PUBLIC_MODE = 0o444  # CA bundles
 
 Credentials = Literal["basic", "apiKey"]
 
@@ -38,13 +56,20 @@ def render(
     runtime_image: str,
     fields: list[Any] | None = None,
     credentials: Credentials | None = None,
+    tls_ca_key: str = TLS_CERT_KEY,
 ) -> list[dict[str, Any]]:
     """Every child of the pipeline, in apply order (config before the pods that mount it).
 
     ``fields`` is the resolved list when the spec points at a ConfigMap; ``credentials`` says whether the
-    credentials Secret holds username/password (``basic``, the default) or ``apiKey``.
+    credentials Secret holds username/password (``basic``, the default) or ``apiKey``; ``tls_ca_key`` is the key
+    of the publisher's TLS Secret that the receivers trust (``ca.crt`` when the Secret has one, else the
+    certificate itself).
+
+    An edge pipeline (``spec.forward``) renders no publisher: no Deployment, Service or PDB, and no publisher
+    section in the config.
     """
     s = with_defaults(spec)
+    edge = is_edge(s)
     image = s.get("image") or runtime_image
     version = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
     template = s.get("indexTemplate") or {}
@@ -52,14 +77,16 @@ def render(
         raise SpecError("InvalidSpec", "indexTemplate.fieldsConfigMapRef is set but its fields were not resolved")
     field_list = fields if fields is not None else parse_fields(template.get("fields"), "spec.indexTemplate.fields")
 
-    receiver_cfg, publisher_cfg = _runtime_config(name, namespace, s, bool(field_list), credentials)
-    runtime_config = {"receiver": receiver_cfg, "publisher": publisher_cfg}
+    target = _forward_target(name, namespace, s, tls_ca_key)
+    receiver_cfg = _receiver_config(s, target)
+    runtime_config = {"receiver": receiver_cfg}
+    if not edge:
+        runtime_config["publisher"] = _publisher_config(name, s, bool(field_list), credentials)
     config_data = {"sluice.yaml": yaml.safe_dump(runtime_config, sort_keys=True)}
     if field_list:
         config_data["fields.yml"] = yaml.safe_dump(field_list, sort_keys=False, allow_unicode=True)
     # Per-role hashes: a batch-size change rolls the receivers only, a template change the publishers only.
     receiver_hash = stable_hash({"receiver": receiver_cfg})
-    publisher_hash = stable_hash({"publisher": publisher_cfg, "fields": config_data.get("fields.yml", "")})
 
     sa_name = naming.service_account(name) if s["serviceAccount"].get("create") else None
     children: list[dict[str, Any]] = []
@@ -69,16 +96,86 @@ def render(
         _meta("v1", "ConfigMap", naming.config(name), namespace, naming.labels(name, "config", version))
         | {"data": config_data}
     )
-    children += _receiver(name, namespace, s, image, version, receiver_hash, sa_name)
-    children += _publisher(name, namespace, s, image, version, publisher_hash, sa_name, credentials)
+    children += _receiver(name, namespace, s, image, version, receiver_hash, sa_name, target)
+    if not edge:
+        publisher_hash = stable_hash({"publisher": runtime_config["publisher"],
+                                      "fields": config_data.get("fields.yml", "")})
+        children += _publisher(name, namespace, s, image, version, publisher_hash, sa_name, credentials)
     if s["networkPolicy"].get("enabled"):
         children.append(_network_policy(name, namespace, s, version))
     return children
 
 
-def _runtime_config(
-    name: str, namespace: str, s: Mapping[str, Any], has_fields: bool, credentials: Credentials | None
-) -> tuple[dict[str, Any], dict[str, Any]]:
+@dataclass(frozen=True)
+class _SecretFiles:
+    """A Secret mounted read-only as files: one ``key`` only (the others stay out of the pod), or all when None."""
+
+    volume: str
+    secret: str
+    directory: str
+    key: str | None = None
+    mode: int = SECRET_MODE
+
+    def path(self, key: str | None = None) -> str:
+        return f"{self.directory}/{key or self.key}"
+
+    def mount(self, container: dict[str, Any], volumes: list[dict[str, Any]]) -> None:
+        source: dict[str, Any] = {"secretName": self.secret, "defaultMode": self.mode}
+        if self.key:
+            source["items"] = [{"key": self.key, "path": self.key}]
+        volumes.append({"name": self.volume, "secret": source})
+        container["volumeMounts"].append({"name": self.volume, "mountPath": self.directory, "readOnly": True})
+
+
+def _ref_files(
+    ref: Mapping[str, Any] | None, volume: str, directory: str, default_key: str | None, mode: int = SECRET_MODE
+) -> _SecretFiles | None:
+    """The mount of a ``{name, key}`` reference, or of a whole Secret when ``default_key`` is None."""
+    if not ref:
+        return None
+    key = ref_key(ref, default_key) if default_key else None
+    return _SecretFiles(volume, ref["name"], directory, key, mode)
+
+
+@dataclass(frozen=True)
+class _ForwardTarget:
+    """Where the receivers send their batches, and the Secret files that go with it."""
+
+    url: str
+    token: _SecretFiles | None
+    ca: _SecretFiles | None
+
+
+def _forward_target(name: str, namespace: str, s: Mapping[str, Any], tls_ca_key: str) -> _ForwardTarget:
+    forward = s.get("forward")
+    if forward:
+        return _ForwardTarget(
+            forward["url"],
+            _ref_files(forward.get("tokenSecretRef"), "forward-token", FORWARD_TOKEN_DIR, FORWARD_TOKEN_KEY),
+            _ref_files(forward.get("caSecretRef"), "forward-ca", FORWARD_CA_DIR, CA_KEY, PUBLIC_MODE),
+        )
+    # Our own publisher: if it demands tokens or serves TLS, its receivers must follow suit. They mount only the
+    # key they need (never the TLS private key) and send the first token of the publisher's own list.
+    pub = s["publisher"]
+    tls_ref = (pub.get("tls") or {}).get("secretRef")
+    scheme = "https" if tls_ref else "http"
+    return _ForwardTarget(
+        f"{scheme}://{naming.publisher(name)}.{namespace}.svc:{naming.PUBLISHER_PORT}/in",
+        _ref_files((pub.get("auth") or {}).get("tokenSecretRef"), "forward-token", FORWARD_TOKEN_DIR, TOKENS_KEY),
+        _SecretFiles("forward-ca", tls_ref["name"], FORWARD_CA_DIR, tls_ca_key, PUBLIC_MODE) if tls_ref else None,
+    )
+
+
+def _publisher_files(s: Mapping[str, Any]) -> tuple[_SecretFiles | None, _SecretFiles | None]:
+    """The publisher's accepted-tokens file and its TLS key pair (the whole kubernetes.io/tls Secret)."""
+    pub = s["publisher"]
+    return (
+        _ref_files((pub.get("auth") or {}).get("tokenSecretRef"), "publisher-auth", PUBLISHER_AUTH_DIR, TOKENS_KEY),
+        _ref_files((pub.get("tls") or {}).get("secretRef"), "tls", PUBLISHER_TLS_DIR, None),
+    )
+
+
+def _receiver_config(s: Mapping[str, Any], target: _ForwardTarget) -> dict[str, Any]:
     rx = s["receiver"]
     batch = rx["batch"]
     try:
@@ -88,7 +185,7 @@ def _runtime_config(
     receiver: dict[str, Any] = {
         "listen": f"0.0.0.0:{naming.RECEIVER_PORT}",
         "dataDir": f"{DATA_MOUNT}/queue",
-        "forwardUrl": f"http://{naming.publisher(name)}.{namespace}.svc:{naming.PUBLISHER_PORT}/in",
+        "forwardUrl": target.url,
         "queue": {"maxMessages": rx["queue"]["maxMessages"], "whenFull": rx["queue"]["whenFull"]},
         "batch": {"maxMessages": batch["maxMessages"], "maxWait": max_wait}
         | {k: batch[k] for k in ("maxBytes", "maxInFlight") if k in batch},
@@ -98,7 +195,16 @@ def _runtime_config(
     token_ref = (rx.get("auth") or {}).get("tokenSecretRef")
     if token_ref:
         receiver["auth"] = {"tokenFile": f"{AUTH_DIR}/{token_ref.get('key', 'tokens')}"}
+    if target.token:
+        receiver["forwardTokenFile"] = target.token.path()
+    if target.ca:
+        receiver["forwardCaFile"] = target.ca.path()
+    return receiver
 
+
+def _publisher_config(
+    name: str, s: Mapping[str, Any], has_fields: bool, credentials: Credentials | None
+) -> dict[str, Any]:
     es = s["elasticsearch"]
     es_cfg: dict[str, Any] = {"url": es["url"], "index": es["index"]}
     if "deadLetterIndex" in es:
@@ -119,7 +225,12 @@ def _runtime_config(
         "name": template.get("name") or name,
         "patterns": list(template.get("patterns") or [default_pattern(es["index"])]),
     } | ({"fieldsFile": FIELDS_FILE} if has_fields else {})
-    return receiver, publisher
+    tokens, tls = _publisher_files(s)
+    if tokens:
+        publisher["auth"] = {"tokenFile": tokens.path()}
+    if tls:
+        publisher["tls"] = {"certFile": tls.path(TLS_CERT_KEY), "keyFile": tls.path(TLS_KEY_KEY)}
+    return publisher
 
 
 def default_pattern(index: str) -> str:
@@ -167,8 +278,13 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
-def _container(role: str, image: str, port: int, resources: Mapping[str, Any] | None) -> dict[str, Any]:
-    probe_common = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 3}
+def _container(
+    role: str, image: str, port: int, resources: Mapping[str, Any] | None, https: bool = False
+) -> dict[str, Any]:
+    # The scheme is set only for HTTPS: an explicit HTTP default would change (and roll) every existing pod.
+    scheme = {"scheme": "HTTPS"} if https else {}
+    probe_common = {"httpGet": {"path": "/healthz", "port": "http"} | scheme, "periodSeconds": 10,
+                    "timeoutSeconds": 3}
     return {
         "name": role,
         "image": image,
@@ -177,7 +293,8 @@ def _container(role: str, image: str, port: int, resources: Mapping[str, Any] | 
         "args": [role, "--config", CONFIG_FILE],
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "livenessProbe": probe_common | {"failureThreshold": 6},
-        "readinessProbe": probe_common | {"httpGet": {"path": "/readyz", "port": "http"}, "failureThreshold": 3},
+        "readinessProbe": probe_common | {"httpGet": {"path": "/readyz", "port": "http"} | scheme,
+                                          "failureThreshold": 3},
         "resources": dict(resources or {}),
         "securityContext": container_security_context(),
         "volumeMounts": [
@@ -228,16 +345,23 @@ def _pdb(name: str, namespace: str, component: str, version: str) -> dict[str, A
 
 
 def _receiver(
-    name: str, namespace: str, s: Mapping[str, Any], image: str, version: str, config_hash: str, sa: str | None
+    name: str,
+    namespace: str,
+    s: Mapping[str, Any],
+    image: str,
+    version: str,
+    config_hash: str,
+    sa: str | None,
+    target: _ForwardTarget,
 ) -> list[dict[str, Any]]:
     rx = s["receiver"]
     container = _container("receiver", image, naming.RECEIVER_PORT, rx.get("resources"))
     container["volumeMounts"].append({"name": "data", "mountPath": DATA_MOUNT})
     volumes: list[dict[str, Any]] = []
-    token_ref = (rx.get("auth") or {}).get("tokenSecretRef")
-    if token_ref:
-        volumes.append({"name": "auth", "secret": {"secretName": token_ref["name"], "defaultMode": 0o440}})
-        container["volumeMounts"].append({"name": "auth", "mountPath": AUTH_DIR, "readOnly": True})
+    for files in (_ref_files((rx.get("auth") or {}).get("tokenSecretRef"), "auth", AUTH_DIR, None),
+                  target.token, target.ca):
+        if files:
+            files.mount(container, volumes)
     labels = naming.labels(name, "receiver", version)
     claim_spec: dict[str, Any] = {
         "accessModes": ["ReadWriteOnce"],
@@ -285,19 +409,17 @@ def _publisher(
 ) -> list[dict[str, Any]]:
     pub = s["publisher"]
     es = s["elasticsearch"]
-    container = _container("publisher", image, naming.PUBLISHER_PORT, pub.get("resources"))
+    tokens, tls = _publisher_files(s)
+    container = _container("publisher", image, naming.PUBLISHER_PORT, pub.get("resources"), https=tls is not None)
     volumes: list[dict[str, Any]] = []
     secret_ref = es.get("credentialsSecretRef")
-    if secret_ref:
-        volumes.append({"name": "es-credentials", "secret": {"secretName": secret_ref["name"], "defaultMode": 0o440}})
-        container["volumeMounts"].append({"name": "es-credentials", "mountPath": ES_SECRET_DIR, "readOnly": True})
-        if credentials != "apiKey":
-            key_ref = {"name": secret_ref["name"], "key": "username"}
-            container["env"] = [{"name": "SLUICE_ES_USERNAME", "valueFrom": {"secretKeyRef": key_ref}}]
-    ca_ref = es.get("caSecretRef")
-    if ca_ref:
-        volumes.append({"name": "es-ca", "secret": {"secretName": ca_ref["name"], "defaultMode": 0o444}})
-        container["volumeMounts"].append({"name": "es-ca", "mountPath": ES_CA_DIR, "readOnly": True})
+    if secret_ref and credentials != "apiKey":
+        key_ref = {"name": secret_ref["name"], "key": "username"}
+        container["env"] = [{"name": "SLUICE_ES_USERNAME", "valueFrom": {"secretKeyRef": key_ref}}]
+    for files in (_ref_files(secret_ref, "es-credentials", ES_SECRET_DIR, None),
+                  _ref_files(es.get("caSecretRef"), "es-ca", ES_CA_DIR, None, PUBLIC_MODE), tokens, tls):
+        if files:
+            files.mount(container, volumes)
     labels = naming.labels(name, "publisher", version)
     deployment = _meta("apps/v1", "Deployment", naming.publisher(name), namespace, labels)
     deployment["spec"] = {
@@ -321,17 +443,18 @@ def _network_policy(name: str, namespace: str, s: Mapping[str, Any], version: st
     receiver_rule: dict[str, Any] = {"ports": [{"port": naming.RECEIVER_PORT, "protocol": "TCP"}]}
     if peers:
         receiver_rule["from"] = peers
+    own_receivers = {"podSelector": {"matchLabels": naming.selector_labels(name, "receiver")}}
+    publisher_rule: dict[str, Any] = {"ports": [{"port": naming.PUBLISHER_PORT, "protocol": "TCP"}],
+                                      "from": [own_receivers]}
+    if (s["publisher"].get("auth") or {}).get("tokenSecretRef"):
+        # A publisher that demands tokens is there for receivers elsewhere too: admit the receivers' peers.
+        publisher_rule = {"ports": publisher_rule["ports"]} | ({"from": [own_receivers, *peers]} if peers else {})
     policy = _meta("networking.k8s.io/v1", "NetworkPolicy", naming.network_policy(name), namespace,
                    naming.labels(name, "networkpolicy", version))
     policy["spec"] = {
         "podSelector": {"matchLabels": {"app.kubernetes.io/instance": name, "app.kubernetes.io/name": "sluice"}},
         "policyTypes": ["Ingress"],
-        "ingress": [
-            receiver_rule,
-            {
-                "ports": [{"port": naming.PUBLISHER_PORT, "protocol": "TCP"}],
-                "from": [{"podSelector": {"matchLabels": naming.selector_labels(name, "receiver")}}],
-            },
-        ],
+        # An edge pipeline has no publisher to let anything in to.
+        "ingress": [receiver_rule] + ([] if is_edge(s) else [publisher_rule]),
     }
     return policy

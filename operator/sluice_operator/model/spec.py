@@ -1,9 +1,10 @@
-"""Spec defaults and the checks the CRD schema cannot express (the fields list's shape)."""
+"""Spec defaults, the Secrets a spec references, and the checks the CRD schema cannot express (the fields list)."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -23,6 +24,51 @@ DEFAULTS: dict[str, Any] = {
 }
 
 MAX_FIELD_DEPTH = 16
+
+# Default keys of the Secret references, as in the CRD (a raw spec in a unit test has no defaulted keys).
+FORWARD_TOKEN_KEY = "token"
+CA_KEY = "ca.crt"
+TOKENS_KEY = "tokens"
+TLS_CERT_KEY = "tls.crt"
+TLS_KEY_KEY = "tls.key"
+
+
+@dataclass(frozen=True)
+class SecretUse:
+    """One Secret the pods mount: where the spec names it, and the keys it must hold."""
+
+    where: str
+    name: str
+    keys: tuple[str, ...]
+
+
+def is_edge(spec: Mapping[str, Any]) -> bool:
+    """An edge pipeline forwards to a publisher elsewhere and renders none of its own."""
+    return bool((spec or {}).get("forward"))
+
+
+def ref_key(ref: Mapping[str, Any], default: str) -> str:
+    return str(ref.get("key") or default)
+
+
+def secret_uses(spec: Mapping[str, Any]) -> list[SecretUse]:
+    """Every Secret reference whose keys are mounted as files (the ES credentials are checked apart: either set)."""
+    s = spec or {}
+    es, forward = s.get("elasticsearch") or {}, s.get("forward") or {}
+    publisher = s.get("publisher") or {}
+    candidates = [
+        ("elasticsearch.caSecretRef", es.get("caSecretRef"), CA_KEY),
+        ("receiver.auth.tokenSecretRef", ((s.get("receiver") or {}).get("auth") or {}).get("tokenSecretRef"),
+         TOKENS_KEY),
+        ("forward.tokenSecretRef", forward.get("tokenSecretRef"), FORWARD_TOKEN_KEY),
+        ("forward.caSecretRef", forward.get("caSecretRef"), CA_KEY),
+        ("publisher.auth.tokenSecretRef", (publisher.get("auth") or {}).get("tokenSecretRef"), TOKENS_KEY),
+    ]
+    uses = [SecretUse(where, ref["name"], (ref_key(ref, default),)) for where, ref, default in candidates if ref]
+    tls_ref = (publisher.get("tls") or {}).get("secretRef")
+    if tls_ref:
+        uses.append(SecretUse("publisher.tls.secretRef", tls_ref["name"], (TLS_CERT_KEY, TLS_KEY_KEY)))
+    return uses
 
 
 class SpecError(ValueError):
