@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,23 +199,37 @@ def frozen(engine: SearchEngine) -> Iterator[None]:
 @dataclass
 class LoadResult:
     acked: dict[str, str] = field(default_factory=dict)  # uuid -> seq
-    errors: int = 0
+    sent: int = 0  # requests started, whatever became of them
+    errors: int = 0  # no answer (connection refused or cut, timeout): the message may or may not be stored
     refused: int = 0
+    refusals: Counter[int] = field(default_factory=Counter)  # status -> count, for every non-200 answer
+    refusals_without_retry_after: int = 0  # 503/507 answers that did not say when to come back
     progress: asyncio.Event = field(default_factory=asyncio.Event)
 
     def ack(self, message_uuid: str, seq: str) -> None:
         self.acked[message_uuid] = seq
         self.progress.set()
 
-    async def until_acked(self, count: int, within: float = 30.0) -> None:
-        """Until ``count`` messages in all have been acknowledged; fails if that takes more than ``within`` s."""
+    def refuse(self, status: int, retry_after: str | None) -> None:
+        self.refused += 1
+        self.refusals[status] += 1
+        if status in (503, 507) and not retry_after:
+            self.refusals_without_retry_after += 1
+        self.progress.set()
+
+    async def until(self, check: Callable[[LoadResult], bool], within: float = 30.0, what: str = "load") -> None:
+        """Until ``check(self)`` holds, woken by every answer; fails naming ``what`` after ``within`` seconds."""
         deadline = time.monotonic() + within
-        while len(self.acked) < count:
+        while not check(self):
             remaining = deadline - time.monotonic()
-            assert remaining > 0, f"only {len(self.acked)} of {count} messages acknowledged within {within}s"
+            assert remaining > 0, f"{what} not reached within {within}s ({len(self.acked)} acknowledged)"
             self.progress.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.progress.wait(), remaining)
+
+    async def until_acked(self, count: int, within: float = 30.0) -> None:
+        """Until ``count`` messages in all have been acknowledged; fails if that takes more than ``within`` s."""
+        await self.until(lambda result: len(result.acked) >= count, within, f"{count} acknowledged messages")
 
 
 async def post_load(
@@ -225,6 +240,7 @@ async def post_load(
     async def worker(session: aiohttp.ClientSession, number: int) -> None:
         url = f"{base}/rx/load{number}/k/lbl"
         while not stop.is_set():
+            result.sent += 1
             try:
                 async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
                     payload = await response.read()
@@ -232,7 +248,7 @@ async def post_load(
                         answer = orjson.loads(payload)
                         result.ack(answer["uuid"], answer["seq"])
                     else:
-                        result.refused += 1
+                        result.refuse(response.status, response.headers.get("Retry-After"))
             except (TimeoutError, aiohttp.ClientError, OSError):
                 result.errors += 1
                 # A client's pause before trying again while the receiver is down, not a wait for readiness.

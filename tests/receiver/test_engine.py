@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.receiver.support import LoadResult, crash_under_load, publisher_process, receiver_process, services
-from tests.support.engines import SearchEngine, call
+from tests.support.engines import SearchEngine, indexed_ids
 from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.engines
@@ -30,10 +30,7 @@ async def test_kill_9_under_load_indexes_every_acknowledged_message_once(
         await crash_under_load(receiver, result, cycles=4, acks_per_cycle=300)
         wait_until(lambda: receiver.status()["backlog"] == 0, 90, "drain into Elasticsearch")
 
-    call(elasticsearch, "POST", f"/{name}-*/_refresh")
-    status, found = call(elasticsearch, "POST", f"/{name}-*/_search?size=10000", {"_source": False})
-    assert status == 200, found
-    indexed = [hit["_id"] for hit in found["hits"]["hits"]]
+    indexed = indexed_ids(elasticsearch, f"{name}-*")
     assert len(result.acked) > 600
     assert not set(result.acked) - set(indexed), "acknowledged messages missing from the index"
     assert len(indexed) == len(set(indexed))  # exactly once

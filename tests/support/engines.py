@@ -219,3 +219,20 @@ def call(engine: SearchEngine, method: str, path: str, body: Any = None, ndjson:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def indexed_ids(engine: SearchEngine, index_pattern: str) -> list[str]:
+    """Every document ``_id`` in the indices matching ``index_pattern``, repeats included (one per copy: the same
+    ``_id`` in two indices counts twice), after a refresh. Scrolls, so it is not capped at 10,000 hits."""
+    status, refreshed = call(engine, "POST", f"/{index_pattern}/_refresh")
+    assert status == 200, refreshed
+    query = {"size": 5000, "_source": False, "sort": ["_doc"]}
+    status, page = call(engine, "POST", f"/{index_pattern}/_search?scroll=1m", query)
+    assert status == 200, page
+    ids: list[str] = []
+    while page["hits"]["hits"]:
+        ids += [hit["_id"] for hit in page["hits"]["hits"]]
+        status, page = call(engine, "POST", "/_search/scroll", {"scroll": "1m", "scroll_id": page["_scroll_id"]})
+        assert status == 200, page
+    call(engine, "DELETE", "/_search/scroll", {"scroll_id": page["_scroll_id"]})
+    return ids
