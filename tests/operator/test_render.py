@@ -92,9 +92,8 @@ def test_runtime_config_matches_the_wx_seed() -> None:
         "patterns": ["wx-rtbeat-*"],
         "fieldsFile": "/etc/sluice/config/fields.yml",
     }
-    # The example carries the shared sample's field list one for one.
-    sample = ROOT.parent / "shared" / "examples" / "wx-fields.sample.yml"
-    expected = yaml.safe_load(sample.read_text()) if sample.exists() else wx_spec()["indexTemplate"]["fields"]
+    # The example carries the weather pipeline's fields file one for one.
+    expected = yaml.safe_load((ROOT / "examples" / "wx-fields.yml").read_text())
     assert wx_spec()["indexTemplate"]["fields"] == expected
     assert yaml.safe_load(data["fields.yml"]) == expected
 
