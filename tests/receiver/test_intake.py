@@ -313,3 +313,19 @@ async def test_a_damaged_log_does_not_keep_the_queue_from_opening(
         assert answer.status == 200
         assert int((await answer.json())["seq"]) > 20
     assert "queue database damaged" in caplog.text
+
+
+async def test_a_stalled_body_gets_408_and_frees_the_connection(tmp_path: Path) -> None:
+    config = settings(tmp_path / "q", bodyTimeout="300ms")
+    async with running_receiver(config) as client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        # Headers promise 100 bytes; only 10 come, and then nothing.
+        writer.write(
+            b"POST /rx/p/k/l HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+            b'{"a": 1, "'
+        )
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 30)
+        writer.close()
+        assert status_line.startswith(b"HTTP/1.1 408"), status_line
+        assert (await status_of(client))["backlog"] == 0

@@ -7,6 +7,7 @@ or nothing. The hot path is kept short: one ``await`` to read the body, one for 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -80,9 +81,16 @@ class Intake:
         if request.content_length is not None and request.content_length > limit:
             raise Rejected(413, f"the body is {request.content_length} bytes; the limit is {limit}")
         try:
-            body = await request.read()
+            # A client that sends headers and then stalls must not hold a connection and a handler forever.
+            async with asyncio.timeout(self.settings.body_timeout):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise Rejected(413, f"the body is larger than the limit of {limit} bytes") from None
+        except TimeoutError:
+            raise Rejected(408, f"the body did not arrive within {self.settings.body_timeout:g}s") from None
+        except ConnectionError:
+            # The client hung up mid-body: nothing to answer, nothing stored, and no traceback in the log.
+            raise Rejected(400, "the connection closed before the body was complete") from None
         if kind == "json":
             if not body.strip():
                 raise Rejected(400, "the body is empty; send one JSON object")

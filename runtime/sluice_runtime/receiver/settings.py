@@ -53,6 +53,7 @@ class ReceiverSettings(Section):
     forward_ca_file: Path | None = Field(None, description="PEM CAs that verify an https:// forwardUrl")
     max_body_bytes: int = Field(16 * MIB, ge=1024)
     max_depth: int = Field(64, ge=1, le=512, description="Deepest nesting of objects/arrays accepted in a message")
+    body_timeout: Duration = Field(30.0, gt=0, description="Longest wait for a request body; slower clients get 408")
     log_level: LogLevel = "info"
     queue: QueueSettings = QueueSettings()
     batch: BatchSettings = BatchSettings()
@@ -88,6 +89,7 @@ RECEIVER_OPTIONS = [
     Option("--token-file", "auth.tokenFile", "file of bearer tokens, one per line; enables auth", "FILE"),
     Option("--max-body-bytes", "maxBodyBytes", "largest request body accepted", "N"),
     Option("--max-depth", "maxDepth", "deepest JSON nesting accepted", "N"),
+    Option("--body-timeout", "bodyTimeout", "longest wait for a request body before 408", "SECONDS"),
     Option("--cors-allow-origins", "cors.allowOrigins", "comma-separated origins allowed by CORS", "O,..."),
     Option("--log-level", "logLevel", "debug, info, warning or error", "LEVEL"),
 ]
