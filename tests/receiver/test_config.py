@@ -37,7 +37,7 @@ def test_precedence_flags_then_env_then_file(tmp_path: Path, monkeypatch: pytest
         "receiver:\n"
         "  forwardUrl: http://publisher:8081\n"
         "  queue: {maxMessages: 10, whenFull: dropOldest}\n"
-        "  batch: {maxMessages: 7, maxWait: 500ms, maxInFlight: 4}\n"
+        "  batch: {maxMessages: 7, maxWait: 500ms, maxInFlight: 5}\n"
         "  auth: {tokenFile: /run/secrets/tokens}\n"
         "  cors: {allowOrigins: [https://a.example]}\n"
     )
@@ -49,7 +49,7 @@ def test_precedence_flags_then_env_then_file(tmp_path: Path, monkeypatch: pytest
     assert settings.batch.max_wait == 0.5  # file
     assert settings.queue.when_full == "dropOldest"
     assert settings.forward_endpoint == "http://publisher:8081/in"
-    assert settings.batch.max_in_flight == 4
+    assert settings.batch.max_in_flight == 5
     assert str(settings.auth.token_file) == "/run/secrets/tokens"
     assert settings.cors.allow_origins == ["https://a.example"]
     # sluice run replaces the forward URL this way.

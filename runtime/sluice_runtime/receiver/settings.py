@@ -35,7 +35,9 @@ class BatchSettings(Section):
     max_messages: int = Field(4000, ge=1)
     max_wait: Duration = Field(10.0, description="How long a partial batch may wait for more messages")
     max_bytes: int = Field(8 * MIB, ge=1024)
-    max_in_flight: int = Field(2, ge=1, le=64)
+    # Measured (make bench, 2 cores, warm Elasticsearch): draining 200k messages ran about 20% faster
+    # with 4 batches in flight than with 2; a crash resends at most these, and resends are harmless.
+    max_in_flight: int = Field(4, ge=1, le=64)
     request_timeout: Duration = Field(120.0, gt=0)
     retry_initial: Duration = Field(0.5, gt=0)
     retry_max: Duration = Field(30.0, gt=0)
