@@ -157,8 +157,12 @@ def ensure_engine_user() -> None:
 
 
 def install_engine(group: str, artifact: str, version: str, home: Path) -> None:
-    run(["mvn", "-q", "-B", "dependency:get", f"-Dartifact={group}:{artifact}:{version}:zip", "-Dtransitive=false"])
+    # MAVEN_REPO moves the local repository, for Maven and for the unzip alike.
     repo = Path(os.environ.get("MAVEN_REPO", Path.home() / ".m2" / "repository"))
+    run([
+        "mvn", "-q", "-B", "dependency:get", f"-Dmaven.repo.local={repo}",
+        f"-Dartifact={group}:{artifact}:{version}:zip", "-Dtransitive=false",
+    ])  # fmt: skip
     archive = repo / group.replace(".", "/") / artifact / version / f"{artifact}-{version}.zip"
     staging = home.with_name(home.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
