@@ -13,8 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sluice_runtime.common.command import add_config_flag, config_file_data
-from sluice_runtime.common.config import add_options
+from sluice_runtime.common.command import add_subcommand, config_file_data
 from sluice_runtime.common.httpkit import run_async, start_site, wait_for_shutdown_signal
 from sluice_runtime.common.logs import setup_logging
 from sluice_runtime.common.tls import ServerTlsSettings
@@ -34,14 +33,8 @@ PUBLISHER_LOOPBACK = "127.0.0.1:0"
 
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "run",
-        help="receiver and publisher in one process (NDJSON files unless --es-url is given)",
-        description=__doc__,
-    )
-    add_config_flag(parser)
-    add_options(parser, [*RUN_RECEIVER_OPTIONS, *ENGINE_OPTIONS])
-    parser.set_defaults(handler=run)
+    summary = "receiver and publisher in one process (NDJSON files unless --es-url is given)"
+    add_subcommand(subparsers, "run", summary, __doc__, [*RUN_RECEIVER_OPTIONS, *ENGINE_OPTIONS], run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any
 
@@ -30,8 +31,11 @@ def error_response(status: int, message: str, headers: Mapping[str, str] | None 
 
 
 def add_observability_routes(
-    app: web.Application, registry: CollectorRegistry, ready: ReadinessCheck, status: StatusReport
+    app: web.Application, registry: CollectorRegistry, role: str, ready: ReadinessCheck, status: StatusReport
 ) -> None:
+    """``/status`` opens with what every role reports the same way: role, readiness and uptime."""
+    started = time.monotonic()
+
     async def healthz(_: web.Request) -> web.Response:
         return json_response({"status": "ok"})
 
@@ -40,7 +44,9 @@ def add_observability_routes(
         return json_response({"ready": is_ready, "reason": reason}, status=200 if is_ready else 503)
 
     async def status_handler(_: web.Request) -> web.Response:
-        return json_response(dict(status()))
+        is_ready, reason = ready()
+        uptime = round(time.monotonic() - started, 3)
+        return json_response({"role": role, "ready": is_ready, "reason": reason, "uptimeSeconds": uptime, **status()})
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

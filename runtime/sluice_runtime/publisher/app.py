@@ -34,7 +34,6 @@ class Publisher:
         self._tokens = tokens
         self._index = IndexPattern(settings.elasticsearch.index)
         self._metrics = metrics
-        self._started = time.monotonic()
         self._totals = Delivery()
         self._batches = {"ok": 0, "invalid": 0, "unavailable": 0, "unauthorized": 0}
         # Batch sizes and concurrency as the senders produce them: what their batch.maxMessages and
@@ -95,12 +94,7 @@ class Publisher:
 
     def status(self) -> Mapping[str, Any]:
         es = self.settings.elasticsearch
-        ready, reason = self.sink.ready()
         return {
-            "role": "publisher",
-            "ready": ready,
-            "reason": reason,
-            "uptimeSeconds": round(time.monotonic() - self._started, 3),
             "index": es.index,
             "deadLetterIndex": es.dead_letter_index,
             **self.sink.status(),
@@ -135,7 +129,7 @@ def build_app(settings: PublisherSettings, registry: CollectorRegistry | None = 
     publisher = Publisher(settings, build_sink(settings, metrics), metrics, tokens)
     app = web.Application(client_max_size=settings.max_request_bytes)
     app.router.add_post("/in", publisher.handle_in)
-    add_observability_routes(app, registry, publisher.sink.ready, publisher.status)
+    add_observability_routes(app, registry, "publisher", publisher.sink.ready, publisher.status)
 
     async def output(_: web.Application) -> AsyncIterator[None]:
         await publisher.sink.start()

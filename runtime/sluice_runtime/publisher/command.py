@@ -6,8 +6,8 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from sluice_runtime.common.command import add_config_flag, config_file_data, serve_until_signalled
-from sluice_runtime.common.config import Option, add_options, load_section
+from sluice_runtime.common.command import add_subcommand, config_file_data, serve_until_signalled
+from sluice_runtime.common.config import Option, load_section
 from sluice_runtime.common.httpkit import run_async
 from sluice_runtime.common.logs import setup_logging
 from sluice_runtime.common.tls import server_ssl_context
@@ -18,12 +18,8 @@ __all__ = ["PUBLISHER_OPTIONS", "load_settings", "register", "run"]
 
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "publisher", help="serve POST /in and index batches into Elasticsearch/OpenSearch", description=__doc__
-    )
-    add_config_flag(parser)
-    add_options(parser, PUBLISHER_OPTIONS)
-    parser.set_defaults(handler=run)
+    summary = "serve POST /in and index batches into Elasticsearch/OpenSearch"
+    add_subcommand(subparsers, "publisher", summary, __doc__, PUBLISHER_OPTIONS, run)
 
 
 def load_settings(args: argparse.Namespace, options: Sequence[Option], file_data: dict[str, Any]) -> PublisherSettings:

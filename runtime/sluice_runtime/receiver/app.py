@@ -58,7 +58,6 @@ class Receiver:
             if settings.forward_ca_file
             else None,
         )
-        self.started = time.monotonic()
         self.shutting_down = False
         metrics.bind_live(lambda: self.queue.count, self.oldest_age, lambda: self.forwarder.in_flight)
 
@@ -76,13 +75,8 @@ class Receiver:
         return True, "ok"
 
     def status(self) -> Mapping[str, Any]:
-        ready, reason = self.ready()
         queue = self.queue
         return {
-            "role": "receiver",
-            "ready": ready,
-            "reason": reason,
-            "uptimeSeconds": round(time.monotonic() - self.started, 3),
             "backlog": queue.count,
             "maxMessages": queue.max_messages,
             "whenFull": self.settings.queue.when_full,
@@ -117,7 +111,7 @@ def build_app(settings: ReceiverSettings, registry: CollectorRegistry | None = N
     app[RECEIVER_KEY] = receiver
     for path in ROUTES:
         app.router.add_post(path, receiver.intake.handle)
-    add_observability_routes(app, registry, receiver.ready, receiver.status)
+    add_observability_routes(app, registry, "receiver", receiver.ready, receiver.status)
     if settings.cors.allow_origins:
         _add_cors(app, settings.cors.allow_origins)
 

@@ -6,8 +6,8 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from sluice_runtime.common.command import add_config_flag, config_file_data, serve_until_signalled
-from sluice_runtime.common.config import Option, add_options, load_section
+from sluice_runtime.common.command import add_subcommand, config_file_data, serve_until_signalled
+from sluice_runtime.common.config import Option, load_section
 from sluice_runtime.common.httpkit import run_async
 from sluice_runtime.common.logs import setup_logging
 from sluice_runtime.receiver.app import build_app
@@ -17,12 +17,8 @@ __all__ = ["RECEIVER_OPTIONS", "load_settings", "register", "run"]
 
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "receiver", help="accept POST /rx onto a durable queue and forward it to a publisher", description=__doc__
-    )
-    add_config_flag(parser)
-    add_options(parser, RECEIVER_OPTIONS)
-    parser.set_defaults(handler=run)
+    summary = "accept POST /rx onto a durable queue and forward it to a publisher"
+    add_subcommand(subparsers, "receiver", summary, __doc__, RECEIVER_OPTIONS, run)
 
 
 def load_settings(args: argparse.Namespace, options: Sequence[Option], file_data: dict[str, Any]) -> ReceiverSettings:
