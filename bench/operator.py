@@ -21,6 +21,7 @@ import yaml
 from bench.loads import Measurement
 from sluice_operator.model.render import render
 from tests.support.kube import KubeCluster, running_cluster
+from tests.support.observe import metric_sum, rss_mib
 from tests.support.procs import ManagedProcess, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,15 +55,11 @@ class OperatorProcess:
             return str(response.read().decode())
 
     def reconciles(self) -> float:
-        return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in self._get("/metrics").splitlines()
-            if line.startswith("sluice_operator_reconciles_total{")
-        )
+        return metric_sum(self._get("/metrics"), "sluice_operator_reconciles_total")
 
     def rss_mib(self) -> float:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
+        assert self.process.pid is not None
+        return rss_mib(self.process.pid)
 
 
 def pipeline(name: str, namespace: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.support.observe import http_ok, rss_mib
 from tests.support.procs import ManagedProcess, free_port
 
 READY_TIMEOUT = 60.0
@@ -36,14 +37,8 @@ class Running:
             return dict(json.loads(response.read()))
 
     def rss_mib(self) -> float:
-        """Resident set size of the server process, from /proc (Linux)."""
-        fields = dict(line.split(":", 1) for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines())
-        return int(fields["VmRSS"].split()[0]) / 1024
-
-
-def _ready(url: str) -> bool:
-    with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-        return bool(response.status == 200)
+        assert self.process.pid is not None
+        return rss_mib(self.process.pid)
 
 
 @contextlib.contextmanager
@@ -56,7 +51,7 @@ def _sluice(version: RuntimeVersion, role: str, flags: list[str], work: Path) ->
     url = f"http://127.0.0.1:{port}"
     process.start()
     try:
-        process.wait_ready(lambda: _ready(url), READY_TIMEOUT)
+        process.wait_ready(lambda: http_ok(f"{url}/readyz"), READY_TIMEOUT)
         yield Running(url, process)
     finally:
         process.stop()

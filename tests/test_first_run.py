@@ -7,6 +7,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+from tests.support.observe import http_ok
 from tests.support.procs import ManagedProcess, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,12 +34,7 @@ def test_make_run_on_a_fresh_clone_writes_the_posted_message(tmp_path: Path) -> 
     run = ManagedProcess("make-run", ["make", "run", f"LISTEN={listen}"], tmp_path / "make-run.log", cwd=clone)
     run.start()
     try:
-
-        def ready() -> bool:
-            with urllib.request.urlopen(f"http://{listen}/readyz", timeout=2) as response:
-                return bool(response.status == 200)
-
-        run.wait_ready(ready, INSTALL_TIMEOUT)
+        run.wait_ready(lambda: http_ok(f"http://{listen}/readyz"), INSTALL_TIMEOUT)
         assert "curl -XPOST" in run.log_path.read_text(), "make run prints the curl command to try"
 
         answer = post_json(f"http://{listen}/rx/station-7/reading/wx", {"temperature": 21.5, "humidity": 40})

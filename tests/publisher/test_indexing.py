@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from sluice_runtime.common.config import ConfigError
 from sluice_runtime.common.envelope import Envelope, encode_batch, make_envelope
 from sluice_runtime.publisher.app import build_app
 from sluice_runtime.publisher.settings import PublisherSettings
 from tests.support.engines import SearchEngine, call
+from tests.support.inprocess import running_publisher, serving
+from tests.support.observe import metric_sum
 from tests.support.procs import free_port, wait_until
 
 pytestmark = pytest.mark.engines
@@ -45,16 +45,6 @@ def settings_for(
     if fields is not None:
         config["indexTemplate"] = {"name": name, "fieldsFile": str(fields), "checkInterval": "300ms"}
     return PublisherSettings.model_validate(config)
-
-
-@contextlib.asynccontextmanager
-async def running_publisher(settings: PublisherSettings) -> AsyncIterator[TestClient]:
-    client = TestClient(TestServer(build_app(settings)))
-    await client.start_server()
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 def readings(count: int, time: str = MARCH, **payload: Any) -> list[Envelope]:
@@ -153,11 +143,7 @@ async def test_large_batches_are_split_by_size_and_gzipped(search_engine: Search
         status, answer = await post_batch(client, batch_body(envelopes))
         assert (status, answer["indexed"]) == (200, 600)
         metrics = await (await client.get("/metrics")).text()
-    requests = sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if line.startswith('sluice_publisher_bulk_requests_total{status="200"}')
-    )
+    requests = metric_sum(metrics, "sluice_publisher_bulk_requests_total", status="200")
     assert requests > 10, "600 documents at 16 KiB per request need many requests"
     assert len(set(stored_ids(search_engine, f"{name}-*"))) == 600
 
@@ -240,7 +226,7 @@ async def test_an_unusable_template_stops_start_up_naming_the_cause(
     fields.write_text(f"- key: k\n  fields:\n  {fields_yaml}\n")
     app = build_app(settings_for(elasticsearch.url, unique_name(), fields=fields))
     with pytest.raises(ConfigError, match=problem):
-        async with TestClient(TestServer(app)):
+        async with serving(app):
             pass
 
 

@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,15 +20,13 @@ import aiohttp
 import orjson
 import plyvel
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from sluice_runtime.publisher.app import build_app as build_publisher_app
 from sluice_runtime.publisher.settings import PublisherSettings
-from sluice_runtime.receiver.app import build_app
 from sluice_runtime.receiver.queue import MESSAGE_PREFIX, MESSAGES_END
 from sluice_runtime.receiver.settings import ReceiverSettings
 from tests.support.engines import SearchEngine
+from tests.support.observe import http_ok
 from tests.support.procs import ManagedProcess, free_port
 
 # The `sluice` command as its console script runs it.
@@ -39,13 +37,6 @@ PUBLISHER_ARGV = [sys.executable, "-m", "sluice_runtime", "publisher"]
 def http_get_json(url: str, timeout: float = 2.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return orjson.loads(response.read())
-
-
-def is_ready(base: str) -> bool:
-    try:
-        return bool(http_get_json(base + "/readyz")["ready"])
-    except OSError:
-        return False
 
 
 @dataclass
@@ -59,7 +50,7 @@ class Service:
 
     def start(self, timeout: float = 30) -> Service:
         self.process.start()
-        self.process.wait_ready(lambda: is_ready(self.base), timeout)
+        self.process.wait_ready(lambda: http_ok(self.base + "/readyz"), timeout)
         return self
 
     def status(self) -> Any:
@@ -130,35 +121,6 @@ def publisher_settings(out_dir: Path, **overrides: Any) -> PublisherSettings:
     return PublisherSettings.model_validate({"output": {"dir": str(out_dir)}, **overrides})
 
 
-class ServedAsInProduction(TestServer):
-    """aiohttp's test server cancels a handler when its client goes away; ``sluice receiver`` and ``sluice
-    publisher`` (common.httpkit.start_site) let it finish, and a crashed sender must meet that behaviour."""
-
-    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
-        kwargs["handler_cancellation"] = False
-        return await super()._make_runner(**kwargs)
-
-
-@contextlib.asynccontextmanager
-async def serving(app: web.Application, port: int = 0) -> AsyncIterator[TestClient]:
-    """``app`` on loopback in this event loop; a fixed ``port`` lets a stopped server come back at the same URL."""
-    client = TestClient(ServedAsInProduction(app, host="127.0.0.1", port=port))
-    await client.start_server()
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-def running_receiver(config: ReceiverSettings) -> contextlib.AbstractAsyncContextManager[TestClient]:
-    return serving(build_app(config))
-
-
-def running_publisher(config: PublisherSettings, port: int = 0) -> contextlib.AbstractAsyncContextManager[TestClient]:
-    """The real publisher (``sluice publisher``'s application) in this event loop."""
-    return serving(build_publisher_app(config), port)
-
-
 async def status_of(client: TestClient) -> dict[str, Any]:
     response = await client.get("/status")
     assert response.status == 200
@@ -172,14 +134,6 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 30.0,
     while not await check():
         assert time.monotonic() < deadline, f"{what} not reached within {within}s"
         await asyncio.sleep(0.02)
-
-
-def metric_value(metrics: str, sample: str) -> float:
-    """The value of one sample (name and labels, as exposed) in a Prometheus text exposition; 0 if absent."""
-    for line in metrics.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 @contextlib.contextmanager

@@ -26,12 +26,12 @@ from tests.receiver.support import (
     publisher_process,
     publisher_settings,
     receiver_process,
-    running_publisher,
     services,
     status_of,
     stored_envelopes,
 )
 from tests.support.engines import SearchEngine, call
+from tests.support.inprocess import running_publisher
 from tests.support.procs import free_port, wait_until
 
 

@@ -9,8 +9,9 @@ import pytest
 from sluice_runtime.common.config import ConfigError
 from sluice_runtime.receiver.app import build_app
 from tests.publisher.test_inbound_security import https_publisher
-from tests.receiver.support import eventually, running_receiver, settings, status_of
+from tests.receiver.support import eventually, settings, status_of
 from tests.support.certs import make_certificates
+from tests.support.inprocess import running_receiver
 
 
 async def test_forwarding_over_tls_with_a_token(tmp_path: Path) -> None:

@@ -25,15 +25,14 @@ from tests.receiver.support import (
     delivered_payloads,
     eventually,
     frozen,
-    metric_value,
     publisher_settings,
-    running_publisher,
-    running_receiver,
     settings,
     status_of,
     stored_envelopes,
 )
 from tests.support.engines import SearchEngine, call
+from tests.support.inprocess import running_publisher, running_receiver
+from tests.support.observe import metric_sum
 from tests.support.procs import free_port
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
@@ -58,8 +57,9 @@ async def drain(client: TestClient) -> None:
 async def test_backlog_goes_back_to_back_in_order_in_full_batches(tmp_path: Path) -> None:
     out = tmp_path / "out"
     async with running_publisher(publisher_settings(out)) as publisher:
-        # maxWait is an hour: draining at all shows that a backlog never waits for it.
-        batch = {"maxMessages": 500, "maxWait": "1h"}
+        # maxWait is an hour: draining at all shows that a backlog never waits for it. One batch in flight:
+        # with more, a later batch may land before an earlier one (the queue still deletes in order).
+        batch = {"maxMessages": 500, "maxWait": "1h", "maxInFlight": 1}
         async with running_receiver(settings(tmp_path / "q", forwardUrl=url_of(publisher), batch=batch)) as client:
             for chunk in range(10):
                 assert (await client.post("/rx/p/k/l", data=lines(1000, chunk * 1000), headers=NDJSON)).status == 200
@@ -73,9 +73,9 @@ async def test_backlog_goes_back_to_back_in_order_in_full_batches(tmp_path: Path
     assert published["batches"]["ok"] == 20
     assert published["largestBatchSize"] == published["lastBatchSize"] == 500
     assert published["documents"]["indexed"] == 10_000
-    assert metric_value(metrics, 'sluice_publisher_batch_documents_bucket{le="100.0"}') == 0
-    assert metric_value(metrics, 'sluice_publisher_batch_documents_bucket{le="500.0"}') == 20
-    assert metric_value(metrics, "sluice_publisher_batch_documents_sum") == 10_000
+    assert metric_sum(metrics, "sluice_publisher_batch_documents_bucket", le="100.0") == 0
+    assert metric_sum(metrics, "sluice_publisher_batch_documents_bucket", le="500.0") == 20
+    assert metric_sum(metrics, "sluice_publisher_batch_documents_sum") == 10_000
 
 
 async def test_a_partial_batch_goes_whole_once_max_wait_has_passed(tmp_path: Path) -> None:
@@ -133,7 +133,7 @@ async def test_retries_honour_retry_after_then_back_off_and_resend_the_same_batc
         def failures(count: int) -> Any:
             async def check() -> bool:
                 metrics = await (await client.get("/metrics")).text()
-                return metric_value(metrics, "rxtx_tx_fails_total") >= count
+                return metric_sum(metrics, "rxtx_tx_fails_total") >= count
 
             return check
 
@@ -165,9 +165,9 @@ async def test_retries_honour_retry_after_then_back_off_and_resend_the_same_batc
         metrics = await (await client.get("/metrics")).text()
     assert published["batches"]["ok"] == 1
     assert [line["_source"]["rxtxMsg"]["payload"] for line in delivered(out)] == [{"a": 1}]
-    assert metric_value(metrics, "rxtx_tx_batches_total") == 1
-    assert metric_value(metrics, "rxtx_tx_fails_total") >= 3
-    assert metric_value(metrics, "sluice_receiver_retry_delay_seconds") > 0
+    assert metric_sum(metrics, "rxtx_tx_batches_total") == 1
+    assert metric_sum(metrics, "rxtx_tx_fails_total") >= 3
+    assert metric_sum(metrics, "sluice_receiver_retry_delay_seconds") > 0
 
 
 @pytest.mark.engines

@@ -12,14 +12,8 @@ import plyvel
 import pytest
 
 from sluice_runtime.receiver.queue import COUNT_KEY, MESSAGE_PREFIX, MESSAGES_END, MessageQueue, QueueFull
-from tests.receiver.support import (
-    eventually,
-    publisher_settings,
-    running_publisher,
-    running_receiver,
-    settings,
-    status_of,
-)
+from tests.receiver.support import eventually, publisher_settings, settings, status_of
+from tests.support.inprocess import running_publisher, running_receiver
 
 JSON = {"Content-Type": "application/json"}
 NDJSON = {"Content-Type": "application/x-ndjson"}
