@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +214,24 @@ async def test_messages_being_committed_count_toward_the_limit(tmp_path: Path) -
     await queue.append([(second, b"{}")])
     assert queue.count == 2
     await queue.close()
+
+
+async def test_the_oldest_message_age_follows_the_head_as_batches_are_removed(tmp_path: Path) -> None:
+    # The head is looked up after every delete, from just past the last deleted key (LevelDB keeps the
+    # tombstones of forwarded messages until a compaction, and stepping over them all was quadratic).
+    times = ["2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", "2026-01-03T00:00:00Z", "2026-01-04T00:00:00Z"]
+    queue = MessageQueue(tmp_path / "q", max_messages=10)
+    await queue.open()
+    first = queue.reserve(len(times))
+    await queue.append([(first + n, orjson.dumps({"time": time})) for n, time in enumerate(times)])
+    heads = []
+    for size in (1, 2, 1):
+        claim = await queue.claim(size, 1 << 20)
+        await queue.remove(claim.keys)
+        heads.append(queue.head_time)
+    await queue.close()
+    # Removing 1, then 2, then the last: the head is the 2nd message, then the 4th, then there is none.
+    assert heads == [datetime.fromisoformat(times[1]).timestamp(), datetime.fromisoformat(times[3]).timestamp(), None]
 
 
 async def test_drop_oldest_is_opt_in_and_counted(tmp_path: Path) -> None:

@@ -104,6 +104,10 @@ class MessageQueue:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-leveldb")
         self._next_seq = 1
         self._cursor = 0  # highest seq claimed by the forwarder (touched on the database thread only)
+        # Every message key below this one is deleted (database thread only). Looking for the head from
+        # here, not from the first possible key, skips the tombstones of everything already forwarded:
+        # LevelDB keeps those until a compaction, and stepping over them cost more than the writes.
+        self._floor = message_key(0)
         # Bookkeeping below is only changed on the event loop, from results the database thread returns.
         self.count = 0  # messages on disk
         self._committing = 0  # messages of the group commit being written: in neither _puts nor count
@@ -138,6 +142,8 @@ class MessageQueue:
         self.path.mkdir(parents=True, exist_ok=True)
         self._db = self._open_db()
         first = next(self._db.iterator(start=MESSAGE_PREFIX, stop=MESSAGES_END), None)
+        if first is not None:
+            self._floor = first[0]
         last = next(self._db.iterator(start=MESSAGE_PREFIX, stop=MESSAGES_END, reverse=True, include_value=False), None)
         stored_count = self._db.get(COUNT_KEY)
         if stored_count is not None and not self._lenient:
@@ -329,9 +335,12 @@ class MessageQueue:
             # LevelDB keeps a failed write's error and refuses all later writes; reopen before the next one.
             self._broken = True
             raise
+        if deletes:
+            # Deletes come in claim order, oldest first, so everything up to the newest of them is gone.
+            self._floor = max(self._floor, message_key(key_seq(max(deletes)) + 1))
         head_time: float | None = None
         if deletes or dropped:
-            for _, value in db.iterator(start=MESSAGE_PREFIX, stop=MESSAGES_END):
+            for _, value in db.iterator(start=self._floor, stop=MESSAGES_END):
                 head_time = envelope_time(value)
                 break
         return _Applied(dropped, head_time)
