@@ -104,3 +104,45 @@ def test_go_rxtx_batches_are_accepted() -> None:
 def test_malformed_batches_are_refused_naming_the_problem(body: bytes, problem: str) -> None:
     with pytest.raises(BatchError, match=problem):
         parse_batch(body, MONTHLY)
+
+
+@pytest.mark.parametrize(
+    ("time", "timestamp"),
+    [
+        ("2026-11-25T20:17:33.123Z", "2026-11-25T20:17:33.123Z"),
+        ("2026-11-25T20:17:33.123456789Z", "2026-11-25T20:17:33.123Z"),  # Go's nanoseconds, cut to milliseconds
+        ("2026-11-25T20:17:33.1Z", "2026-11-25T20:17:33.100Z"),  # Go trims trailing zeros
+        ("2026-11-25T20:17:33Z", "2026-11-25T20:17:33.000Z"),
+        ("2026-11-25 20:17:33.123Z", "2026-11-25T20:17:33.123Z"),
+        ("2026-W48-3T20:17:33.123Z", "2026-11-25T20:17:33.123Z"),  # an ISO week date is still the same instant
+        ("2026-11-25T21:17:33.123+01:00", "2026-11-25T20:17:33.123Z"),
+        ("2026-11-25T20:17:33.123", "2026-11-25T20:17:33.123Z"),  # no zone counts as UTC
+    ],
+)
+def test_timestamp_is_the_message_time_in_utc_milliseconds(time: str, timestamp: str) -> None:
+    body = encode_batch([orjson.dumps(make_envelope(1, "p", "k", "l", {}, time))])
+    (document,) = parse_batch(body, MONTHLY).documents
+    assert orjson.loads(document.source)["@timestamp"] == timestamp
+
+
+def test_each_message_is_named_by_its_own_time_within_a_batch() -> None:
+    times = ["2026-11-25T23:59:59.999Z", "2026-11-26T00:00:00.000Z", "2026-11-25T23:59:59.999Z", "2026-11-26T01:00:00Z"]
+    body = encode_batch([orjson.dumps(make_envelope(n, "p", "k", "l", {}, time)) for n, time in enumerate(times)])
+    daily = [document.index for document in parse_batch(body, IndexPattern("d-%{+yyyy.MM.dd}")).documents]
+    hourly = [document.index for document in parse_batch(body, IndexPattern("h-%{+yyyy.MM.dd.HH}")).documents]
+    assert daily == ["d-2026.11.25", "d-2026.11.26", "d-2026.11.25", "d-2026.11.26"]
+    assert hourly == ["h-2026.11.25.23", "h-2026.11.26.00", "h-2026.11.25.23", "h-2026.11.26.01"]
+
+
+def test_only_the_envelope_fields_reach_the_document() -> None:
+    message = {"seq": 9, "time": "2026-01-01T00:00:00Z", "uuid": "u-1", "payload": {"a": 1}, "extra": "dropped"}
+    (document,) = parse_batch(orjson.dumps({"uuid": "b", "messages": [message]}), MONTHLY).documents
+    assert orjson.loads(document.source)["rxtxMsg"] == {
+        "seq": "9",
+        "time": "2026-01-01T00:00:00Z",
+        "uuid": "u-1",
+        "producer": "",
+        "label": "",
+        "key": "",
+        "payload": {"a": 1},
+    }

@@ -12,22 +12,28 @@ and after restarts; and unlike ``seq`` it does not repeat when a receiver's stor
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from sluice_runtime.publisher.indexname import IndexPattern
 
 MAX_ID_BYTES = 512  # Elasticsearch's limit on _id
+# The keys of an rxtx envelope: a message with exactly these (and a string seq) is its own ``rxtxMsg``.
+ENVELOPE_KEYS = frozenset(("seq", "time", "uuid", "producer", "label", "key", "payload"))
+# A UTC time with at least milliseconds, as the receiver and rxtx write it: already its own ``@timestamp``.
+_UTC_WITH_MILLISECONDS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3,9}Z")
 
 
 class BatchError(ValueError):
     """A batch that cannot be indexed as sent; the message says where and why."""
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass pays for object.__setattr__ on every field, once per document.
+@dataclass(slots=True)
 class Document:
     index: str
     id: str
@@ -40,6 +46,14 @@ class Document:
 class Batch:
     uuid: str
     documents: list[Document]
+
+
+class Stamp(NamedTuple):
+    """What a message's time decides: the parsed time, ``@timestamp`` and the index name."""
+
+    when: datetime
+    timestamp: str
+    index: str
 
 
 def parse_batch(body: bytes, index: IndexPattern) -> Batch:
@@ -62,38 +76,55 @@ def parse_batch(body: bytes, index: IndexPattern) -> Batch:
     size = batch.get("size", len(messages))
     if isinstance(size, bool) or not isinstance(size, int) or size != len(messages):
         raise BatchError(f"size is {size!r} but messages holds {len(messages)}")
-    return Batch(batch_uuid, [to_document(message, position, index) for position, message in enumerate(messages)])
+    # Messages stored by one request share their time: each distinct time is parsed and named once.
+    stamps: dict[str, Stamp] = {}
+    return Batch(
+        batch_uuid, [to_document(message, position, index, stamps) for position, message in enumerate(messages)]
+    )
 
 
-def to_document(message: Any, position: int, index: IndexPattern) -> Document:
-    where = f"messages[{position}]"
+def to_document(message: Any, position: int, index: IndexPattern, stamps: dict[str, Stamp]) -> Document:
     if not isinstance(message, dict):
-        raise BatchError(f"{where} must be an object")
+        raise BatchError(f"messages[{position}] must be an object")
     uuid = message.get("uuid")
-    if not isinstance(uuid, str) or not uuid or len(uuid.encode()) > MAX_ID_BYTES:
-        raise BatchError(f"{where}.uuid must be a non-empty string of at most {MAX_ID_BYTES} bytes (it is the _id)")
+    # Up to 128 characters, a str cannot pass 512 bytes of UTF-8: only longer ids need encoding to check.
+    if not isinstance(uuid, str) or not uuid or (len(uuid) > MAX_ID_BYTES // 4 and len(uuid.encode()) > MAX_ID_BYTES):
+        raise BatchError(
+            f"messages[{position}].uuid must be a non-empty string of at most {MAX_ID_BYTES} bytes (it is the _id)"
+        )
     seq = message.get("seq", "")
     if isinstance(seq, bool) or not isinstance(seq, str | int):
-        raise BatchError(f"{where}.seq must be a string or an integer")
+        raise BatchError(f"messages[{position}].seq must be a string or an integer")
     raw_time = message.get("time")
-    when = parse_time(raw_time)
-    if when is None:
-        raise BatchError(f"{where}.time must be an RFC 3339 time, not {raw_time!r}")
-    texts = {name: message.get(name, "") for name in ("producer", "label", "key")}
-    for name, value in texts.items():
-        if not isinstance(value, str):
-            raise BatchError(f"{where}.{name} must be a string")
-    source = {
-        "@timestamp": format_timestamp(when),
-        "rxtxMsg": {
+    stamp = stamps.get(raw_time) if isinstance(raw_time, str) else None
+    if stamp is None:
+        stamp = stamps[raw_time] = make_stamp(raw_time, index, position)
+    for name in ("producer", "label", "key"):
+        if not isinstance(message.get(name, ""), str):
+            raise BatchError(f"messages[{position}].{name} must be a string")
+    if isinstance(seq, str) and message.keys() == ENVELOPE_KEYS:
+        envelope = message
+    else:
+        envelope = {
             "seq": str(seq),
             "time": raw_time,
             "uuid": uuid,
-            **texts,
+            "producer": message.get("producer", ""),
+            "label": message.get("label", ""),
+            "key": message.get("key", ""),
             "payload": message.get("payload"),
-        },
-    }
-    return Document(index.render(when), uuid, when, orjson.dumps(source))
+        }
+    source = orjson.dumps({"@timestamp": stamp.timestamp, "rxtxMsg": envelope})
+    return Document(stamp.index, uuid, stamp.when, source)
+
+
+def make_stamp(raw_time: Any, index: IndexPattern, position: int) -> Stamp:
+    when = parse_time(raw_time)
+    if when is None:
+        raise BatchError(f"messages[{position}].time must be an RFC 3339 time, not {raw_time!r}")
+    exact = _UTC_WITH_MILLISECONDS.fullmatch(raw_time)
+    timestamp = raw_time[:23] + "Z" if exact else format_timestamp(when)
+    return Stamp(when, timestamp, index.render(when))
 
 
 def parse_time(value: Any) -> datetime | None:

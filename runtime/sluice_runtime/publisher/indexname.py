@@ -1,7 +1,8 @@
 """Index names from Beats-style patterns with date math on the message time.
 
 ``wx-rtbeat-%{+yyyy.MM}`` names the index after the message's month, in UTC as Beats does.
-A pattern is compiled once into a ``strftime`` format, so naming an index costs one call.
+A pattern is compiled once into a ``strftime`` format. Names that change at most daily (the usual
+case) are also remembered per day, because ``strftime`` costs more than the rest of a document.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ _DATE_TOKENS = {
 }
 _TOKEN = re.compile("|".join(sorted(_DATE_TOKENS, key=len, reverse=True)) + r"|[A-Za-z]+")
 _PLACEHOLDER = re.compile(r"%\{([^}]*)\}")
+_FINER_THAN_A_DAY = ("%H", "%M", "%S")
+_REMEMBERED_DAYS = 4096
 # Characters Elasticsearch refuses in an index name.
 _FORBIDDEN = set('\\/*?"<>| ,#:')
 MAX_INDEX_NAME_BYTES = 255
@@ -47,10 +50,20 @@ class IndexPattern:
         _check_literals(pattern, "".join(literals))
         self._format = "".join(parts)
         self.has_date = position > 0
+        self._daily = not any(token in self._format for token in _FINER_THAN_A_DAY)
+        self._by_day: dict[int, str] = {}
 
     def render(self, when: datetime) -> str:
         """The index name for a message at ``when``, which must already be in UTC."""
-        return when.strftime(self._format)
+        if not self._daily:
+            return when.strftime(self._format)
+        day = when.toordinal()
+        name = self._by_day.get(day)
+        if name is None:
+            if len(self._by_day) >= _REMEMBERED_DAYS:
+                self._by_day.clear()
+            name = self._by_day[day] = when.strftime(self._format)
+        return name
 
     def wildcard(self) -> str:
         """The pattern with each date part replaced by ``*``, for index template patterns."""
