@@ -46,8 +46,10 @@ class Measurement:
         }
 
 
-def envelopes(count: int) -> list[Envelope]:
-    return [make_envelope(seq, "bench", "readings", "roof", PAYLOAD) for seq in range(count)]
+def envelopes(count: int, body_bytes: int = 500) -> list[Envelope]:
+    """The messages the receiver loads store: the same reading, so every load indexes the same documents."""
+    payload = orjson.loads(body_of_size(body_bytes))
+    return [make_envelope(seq, "bench", "readings", "roof", payload) for seq in range(count)]
 
 
 def bulk_body(batch: list[Envelope], index: str) -> bytes:
