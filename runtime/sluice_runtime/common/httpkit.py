@@ -7,6 +7,7 @@ Liveness (``/healthz``) answers as long as the event loop turns. Readiness (``/r
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import ssl
 import time
@@ -91,7 +92,22 @@ async def wait_for_shutdown_signal() -> None:
     await stop.wait()
 
 
+# A batch of 4,000 messages is about 20,000 short-lived dicts and lists, none of them in a cycle. At
+# CPython's default of a collection every 700 new containers, the collector ran dozens of times per
+# batch and re-scanned the batches still in flight: a quarter of the publisher's CPU (py-spy, end to
+# end). Collect young objects every 50,000 instead; cycles are rare here and still get collected.
+YOUNG_COLLECTION_THRESHOLD = 50_000
+
+
+def tune_garbage_collector() -> None:
+    """Fewer collections of young objects, and none over what start-up made (modules, settings)."""
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, old)
+    gc.freeze()
+
+
 def run_async(main: Callable[[], Awaitable[int]]) -> int:
+    tune_garbage_collector()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a declared dependency on Linux
