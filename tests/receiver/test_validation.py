@@ -14,7 +14,7 @@ from sluice_runtime.receiver.validation import (
     check_route,
     encode_envelope,
     nesting_depth,
-    new_uuid,
+    new_uuids,
     parse_message,
     parse_ndjson,
 )
@@ -147,10 +147,10 @@ def test_when_a_batch_is_due_and_why() -> None:
     assert batch_due_reason(5, 100, 0.0, 10.0, True) == "backlog"  # the tail of a backlog goes back-to-back
 
 
-def test_new_uuid_is_a_valid_random_uuid() -> None:
+def test_new_uuids_are_valid_random_uuids() -> None:
     import uuid
 
-    values = {new_uuid() for _ in range(2000)}
+    values = {value for _ in range(20) for value in new_uuids(100)}
     assert len(values) == 2000
     for value in list(values)[:200]:
         parsed = uuid.UUID(value)

@@ -24,6 +24,7 @@ from sluice_runtime.receiver.validation import (
     Rejected,
     body_kind,
     check_route,
+    new_uuids,
     parse_message,
     parse_ndjson,
 )
@@ -105,12 +106,11 @@ class Intake:
         except StoreError as exc:
             raise Rejected(503, str(exc)) from None
         encoder = EnvelopeEncoder(route, utc_now_rfc3339())
-        entries: list[tuple[int, bytes]] = []
-        first_uuid = ""
-        for offset, payload in enumerate(payloads):
-            message_uuid, envelope = encoder.encode(first + offset, payload)
-            first_uuid = first_uuid or message_uuid
-            entries.append((first + offset, envelope))
+        uuids = new_uuids(len(payloads))
+        entries = [
+            (first + offset, encoder.encode(first + offset, uuids[offset], payload))
+            for offset, payload in enumerate(payloads)
+        ]
         try:
             await self.queue.append(entries)
         except StoreError as exc:
@@ -118,7 +118,7 @@ class Intake:
             raise Rejected(507, f"the message could not be stored, nothing was kept: {exc}") from None
         self.metrics.received.inc(len(entries))
         if kind == "json":
-            return json_response({"status": "OK", "seq": format_seq(first), "uuid": first_uuid})
+            return json_response({"status": "OK", "seq": format_seq(first), "uuid": uuids[0]})
         return json_response(
             {
                 "status": "OK",

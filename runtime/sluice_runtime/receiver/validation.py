@@ -132,11 +132,16 @@ def type_name(value: Any) -> str:
     )
 
 
-def new_uuid() -> str:
-    """A random (version 4) UUID string; about three times cheaper than ``str(uuid.uuid4())``."""
-    hexed = os.urandom(16).hex()
-    variant = "89ab"[int(hexed[16], 16) & 3]
-    return f"{hexed[:8]}-{hexed[8:12]}-4{hexed[13:16]}-{variant}{hexed[17:20]}-{hexed[20:]}"
+def new_uuids(count: int) -> list[str]:
+    """Random (version 4) UUID strings. The randomness for all of them is read in one system call: one
+    per message cost a tenth of the receiver's CPU under NDJSON load (py-spy, end to end)."""
+    hexed = os.urandom(16 * count).hex()
+    uuids = []
+    for start in range(0, 32 * count, 32):
+        digits = hexed[start : start + 32]
+        variant = "89ab"[int(digits[16], 16) & 3]
+        uuids.append(f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{variant}{digits[17:20]}-{digits[20:]}")
+    return uuids
 
 
 class EnvelopeEncoder:
@@ -153,15 +158,15 @@ class EnvelopeEncoder:
         shared = orjson.dumps({"producer": route.producer, "label": route.label, "key": route.key})
         self._middle = b'","time":' + orjson.dumps(time) + b',"uuid":"', b'",' + shared[1:-1] + b',"payload":'
 
-    def encode(self, seq: int, payload: bytes) -> tuple[str, bytes]:
-        message_uuid = new_uuid()
+    def encode(self, seq: int, message_uuid: str, payload: bytes) -> bytes:
         before_uuid, after_uuid = self._middle
         envelope = b"".join(
             (b'{"seq":"', format_seq(seq).encode(), before_uuid, message_uuid.encode(), after_uuid, payload, b"}")
         )
-        return message_uuid, envelope
+        return envelope
 
 
 def encode_envelope(seq: int, time: str, route: Route, payload: bytes) -> tuple[str, bytes]:
     """``(uuid, envelope bytes)`` for one message."""
-    return EnvelopeEncoder(route, time).encode(seq, payload)
+    (message_uuid,) = new_uuids(1)
+    return message_uuid, EnvelopeEncoder(route, time).encode(seq, message_uuid, payload)
