@@ -93,7 +93,8 @@ def to_document(message: Any, position: int, index: IndexPattern, stamps: dict[s
             f"messages[{position}].uuid must be a non-empty string of at most {MAX_ID_BYTES} bytes (it is the _id)"
         )
     seq = message.get("seq", "")
-    if isinstance(seq, bool) or not isinstance(seq, str | int):
+    # A tuple, not `str | int`: the union would be built again for every message.
+    if isinstance(seq, bool) or not isinstance(seq, (str, int)):
         raise BatchError(f"messages[{position}].seq must be a string or an integer")
     raw_time = message.get("time")
     stamp = stamps.get(raw_time) if isinstance(raw_time, str) else None
