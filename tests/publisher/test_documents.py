@@ -95,10 +95,25 @@ def test_go_rxtx_batches_are_accepted() -> None:
         (b"{not json", "not valid JSON"),
         (b"[]", "must be a JSON object"),
         (b'{"uuid":"u","size":2,"messages":[]}', "size is 2 but messages holds 0"),
-        (b'{"uuid":"u","messages":{}}', "messages must be a list"),
-        (b'{"uuid":"u","messages":[{"time":"2026-01-01T00:00:00Z"}]}', r"messages\[0\]\.uuid"),
+        (b'{"uuid":"u","messages":{}}', "Expected `array | null`, got `object` - at `messages`"),
+        (
+            b'{"uuid":"u","messages":[{"time":"2026-01-01T00:00:00Z"}]}',
+            r"missing required field `uuid` - at `messages\[0\]`",
+        ),
+        (
+            b'{"uuid":"u","messages":[{"uuid":"","time":"2026-01-01T00:00:00Z"}]}',
+            r"messages\[0\]\.uuid must be a non-empty",
+        ),
         (b'{"uuid":"u","messages":[{"uuid":"a","time":"yesterday"}]}', r"messages\[0\]\.time must be an RFC 3339"),
-        (b'{"uuid":"u","messages":[{"uuid":"a","time":"2026-01-01T00:00:00Z","label":5}]}', "label must be a string"),
+        (
+            b'{"uuid":"u","messages":[{"uuid":"a","time":"2026-01-01T00:00:00Z","label":5}]}',
+            r"`str`, got `int` - at `messages\[0\]\.label`",
+        ),
+        (
+            b'{"messages":[{"uuid":"a","time":"2026-01-01T00:00:00Z","seq":true}]}',
+            r"got `bool` - at `messages\[0\]\.seq`",
+        ),
+        (b'{"messages":[{"uuid":"a","time":"2026-01-01T00:00:00Z","payload":{"a":}}]}', "not valid JSON"),
     ],
 )
 def test_malformed_batches_are_refused_naming_the_problem(body: bytes, problem: str) -> None:

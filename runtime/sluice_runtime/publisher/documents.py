@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+import msgspec
 import orjson
 
 from sluice_runtime.publisher.indexname import IndexPattern
 
 MAX_ID_BYTES = 512  # Elasticsearch's limit on _id
-# The keys of an rxtx envelope: a message with exactly these (and a string seq) is its own ``rxtxMsg``.
-ENVELOPE_KEYS = frozenset(("seq", "time", "uuid", "producer", "label", "key", "payload"))
 # A UTC time with at least milliseconds, as the receiver and rxtx write it: already its own ``@timestamp``.
 _UTC_WITH_MILLISECONDS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3,9}Z")
 
@@ -56,65 +55,69 @@ class Stamp(NamedTuple):
     index: str
 
 
+class Message(msgspec.Struct):
+    """One rxtx envelope as sent. The payload stays the JSON text it arrived as (checked, not parsed):
+    it goes into the document as it is, so it is neither decoded nor encoded again."""
+
+    uuid: str
+    time: str
+    seq: str | int = ""
+    producer: str = ""
+    label: str = ""
+    key: str = ""
+    payload: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class RxtxBatch(msgspec.Struct):
+    uuid: str = ""
+    size: int | None = None
+    messages: list[Message] | None = None  # rxtx (Go) encodes an empty batch's messages as null
+
+
+# One typed decode in C checks the JSON and every field's type, and names the path of what is wrong.
+_DECODER = msgspec.json.Decoder(RxtxBatch)
+
+
 def parse_batch(body: bytes, index: IndexPattern) -> Batch:
     """Decode and check an rxtx batch ``{uuid, size, messages}``; raise :class:`BatchError` naming the problem."""
     try:
-        batch = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        batch = _DECODER.decode(body)
+    except msgspec.ValidationError as exc:
+        problem = str(exc).replace("`$.", "`")
+        if " - at `" not in problem:  # about the body itself
+            problem = f"the body must be a JSON object {{uuid, size, messages}}: {problem}"
+        raise BatchError(problem) from None
+    except msgspec.DecodeError as exc:
         raise BatchError(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(batch, dict):
-        raise BatchError("the body must be a JSON object {uuid, size, messages}")
-    batch_uuid = batch.get("uuid", "")
-    if not isinstance(batch_uuid, str):
-        raise BatchError("uuid must be a string")
-    # rxtx (Go) encodes an empty batch's messages as null.
-    messages = batch.get("messages")
-    if messages is None:
-        messages = []
-    if not isinstance(messages, list):
-        raise BatchError("messages must be a list")
-    size = batch.get("size", len(messages))
-    if isinstance(size, bool) or not isinstance(size, int) or size != len(messages):
-        raise BatchError(f"size is {size!r} but messages holds {len(messages)}")
+    messages = batch.messages or []
+    if batch.size is not None and batch.size != len(messages):
+        raise BatchError(f"size is {batch.size} but messages holds {len(messages)}")
     # Messages stored by one request share their time: each distinct time is parsed and named once.
     stamps: dict[str, Stamp] = {}
     return Batch(
-        batch_uuid, [to_document(message, position, index, stamps) for position, message in enumerate(messages)]
+        batch.uuid, [to_document(message, position, index, stamps) for position, message in enumerate(messages)]
     )
 
 
-def to_document(message: Any, position: int, index: IndexPattern, stamps: dict[str, Stamp]) -> Document:
-    if not isinstance(message, dict):
-        raise BatchError(f"messages[{position}] must be an object")
-    uuid = message.get("uuid")
+def to_document(message: Message, position: int, index: IndexPattern, stamps: dict[str, Stamp]) -> Document:
+    uuid = message.uuid
     # Up to 128 characters, a str cannot pass 512 bytes of UTF-8: only longer ids need encoding to check.
-    if not isinstance(uuid, str) or not uuid or (len(uuid) > MAX_ID_BYTES // 4 and len(uuid.encode()) > MAX_ID_BYTES):
+    if not uuid or (len(uuid) > MAX_ID_BYTES // 4 and len(uuid.encode()) > MAX_ID_BYTES):
         raise BatchError(
             f"messages[{position}].uuid must be a non-empty string of at most {MAX_ID_BYTES} bytes (it is the _id)"
         )
-    seq = message.get("seq", "")
-    # A tuple, not `str | int`: the union would be built again for every message.
-    if isinstance(seq, bool) or not isinstance(seq, (str, int)):
-        raise BatchError(f"messages[{position}].seq must be a string or an integer")
-    raw_time = message.get("time")
-    stamp = stamps.get(raw_time) if isinstance(raw_time, str) else None
+    stamp = stamps.get(message.time)
     if stamp is None:
-        stamp = stamps[raw_time] = make_stamp(raw_time, index, position)
-    for name in ("producer", "label", "key"):
-        if not isinstance(message.get(name, ""), str):
-            raise BatchError(f"messages[{position}].{name} must be a string")
-    if isinstance(seq, str) and message.keys() == ENVELOPE_KEYS:
-        envelope = message
-    else:
-        envelope = {
-            "seq": str(seq),
-            "time": raw_time,
-            "uuid": uuid,
-            "producer": message.get("producer", ""),
-            "label": message.get("label", ""),
-            "key": message.get("key", ""),
-            "payload": message.get("payload"),
-        }
+        stamp = stamps[message.time] = make_stamp(message.time, index, position)
+    envelope = {
+        "seq": message.seq if isinstance(message.seq, str) else str(message.seq),
+        "time": message.time,
+        "uuid": uuid,
+        "producer": message.producer,
+        "label": message.label,
+        "key": message.key,
+        "payload": orjson.Fragment(bytes(message.payload)),
+    }
     source = orjson.dumps({"@timestamp": stamp.timestamp, "rxtxMsg": envelope})
     return Document(stamp.index, uuid, stamp.when, source)
 
