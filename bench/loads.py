@@ -26,6 +26,8 @@ class Measurement:
     documents: int
     seconds: float
     latencies: list[float]
+    # For loads timed until searchable: when the engine had acknowledged the last document.
+    acknowledged_seconds: float | None = None
 
     @property
     def per_second(self) -> float:
@@ -36,7 +38,7 @@ class Measurement:
         return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
 
     def summary(self) -> dict[str, float]:
-        return {
+        summary = {
             "documents": self.documents,
             "seconds": round(self.seconds, 3),
             "perSecond": round(self.per_second, 1),
@@ -44,6 +46,10 @@ class Measurement:
             "p95Ms": round(self.percentile(0.95) * 1000, 2),
             "p99Ms": round(self.percentile(0.99) * 1000, 2),
         }
+        if self.acknowledged_seconds:
+            summary["acknowledgedSeconds"] = round(self.acknowledged_seconds, 3)
+            summary["acknowledgedPerSecond"] = round(self.documents / self.acknowledged_seconds, 1)
+        return summary
 
 
 def envelopes(count: int, body_bytes: int = 500) -> list[Envelope]:
@@ -117,11 +123,13 @@ async def direct_bulk(
 
         started = time.perf_counter()
         seconds, latencies = await _drive([request(body) for body in bodies], concurrency)
-        if until_searchable:
-            await searchable(session, engine_url, index, documents)
-            seconds = time.perf_counter() - started
+        if not until_searchable:
+            await session.delete(f"{engine_url}/{index}")
+            return Measurement(documents, seconds, latencies)
+        await searchable(session, engine_url, index, documents)
+        searchable_seconds = time.perf_counter() - started
         await session.delete(f"{engine_url}/{index}")
-    return Measurement(documents, seconds, latencies)
+    return Measurement(documents, searchable_seconds, latencies, acknowledged_seconds=seconds)
 
 
 async def publisher_in(publisher_url: str, documents: int, batch_size: int, concurrency: int) -> Measurement:

@@ -28,6 +28,10 @@ def runtime_ratios(runtime: dict[str, Any]) -> dict[str, Any]:
         "drainToDirectBulk": _ratio(current["drainToEngine"]["perSecond"], ceiling[largest]["perSecond"]),
         # Against the same documents sent straight to _bulk in turns with it, both timed until searchable.
         "endToEndToDirectBulk": _ratio(current["endToEnd"]["perSecond"], current["directBulkSearchable"]["perSecond"]),
+        # The same pairs timed to the engine's acknowledgement of the last document instead.
+        "endToEndAcknowledgedToDirectBulk": _ratio(
+            current["endToEnd"]["acknowledgedPerSecond"], current["directBulkSearchable"]["acknowledgedPerSecond"]
+        ),
     }
     if previous:
         out["currentToPrevious"] = {

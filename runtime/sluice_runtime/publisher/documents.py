@@ -122,7 +122,7 @@ def to_document(message: Message, position: int, index: IndexPattern, stamps: di
     return Document(stamp.index, uuid, stamp.when, source)
 
 
-def make_stamp(raw_time: Any, index: IndexPattern, position: int) -> Stamp:
+def make_stamp(raw_time: str, index: IndexPattern, position: int) -> Stamp:
     when = parse_time(raw_time)
     if when is None:
         raise BatchError(f"messages[{position}].time must be an RFC 3339 time, not {raw_time!r}")
