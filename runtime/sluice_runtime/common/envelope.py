@@ -29,9 +29,12 @@ class Batch(TypedDict):
     messages: list[Envelope]
 
 
+# rxtx sends seq as a decimal string; padding to the width of a uint64 keeps lexical order numeric.
+SEQ_DIGITS = 20
+
+
 def format_seq(seq: int) -> str:
-    # rxtx sends seq as a decimal string; padding to the width of a uint64 keeps lexical order numeric.
-    return f"{seq:020d}"
+    return f"{seq:0{SEQ_DIGITS}d}"
 
 
 def utc_now_rfc3339() -> str:

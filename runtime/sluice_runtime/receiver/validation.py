@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from sluice_runtime.common.envelope import format_seq
+from sluice_runtime.common.envelope import SEQ_DIGITS
 
 MAX_NAME_BYTES = 256  # producer and key
 MAX_LABEL_BYTES = 1024
@@ -92,23 +92,28 @@ def nesting_depth(value: Any) -> int:
     return deepest
 
 
-def parse_message(raw: bytes, max_depth: int, where: str = "the body") -> dict[str, Any]:
-    """One JSON object, checked for UTF-8, syntax, type and nesting."""
+def parse_message(raw: bytes, max_depth: int, line: int | None = None) -> dict[str, Any]:
+    """One JSON object, checked for UTF-8, syntax, type and nesting; ``line`` names it in an NDJSON body."""
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError as utf:
-            raise Rejected(400, f"{where} is not valid UTF-8 (byte {utf.start})") from None
-        raise Rejected(400, f"{where} is not valid JSON: {exc}") from None
+            raise Rejected(400, f"{_where(line)} is not valid UTF-8 (byte {utf.start})") from None
+        raise Rejected(400, f"{_where(line)} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise Rejected(400, f"{where} must be a JSON object, not {type_name(value)}")
+        raise Rejected(400, f"{_where(line)} must be a JSON object, not {type_name(value)}")
     # Nesting deeper than max_depth needs at least max_depth brackets; counting them runs in C,
     # so the Python walk only happens for the rare body that could be too deep.
     if raw.count(b"{") + raw.count(b"[") >= max_depth and nesting_depth(value) > max_depth:
-        raise Rejected(400, f"{where} is nested deeper than {max_depth} levels")
+        raise Rejected(400, f"{_where(line)} is nested deeper than {max_depth} levels")
     return value
+
+
+def _where(line: int | None) -> str:
+    # Only built for a refusal: naming every line of a good body cost more than parsing it.
+    return "the body" if line is None else f"line {line}"
 
 
 def parse_ndjson(body: bytes, max_depth: int) -> list[bytes]:
@@ -117,7 +122,7 @@ def parse_ndjson(body: bytes, max_depth: int) -> list[bytes]:
     for number, line in enumerate(body.split(b"\n"), start=1):
         line = line.strip()  # also drops the \r of \r\n
         if line:
-            parse_message(line, max_depth, where=f"line {number}")
+            parse_message(line, max_depth, number)
             lines.append(line)
     if not lines:
         raise Rejected(400, "the NDJSON body holds no messages")
@@ -161,7 +166,7 @@ class EnvelopeEncoder:
     def encode(self, seq: int, message_uuid: str, payload: bytes) -> bytes:
         before_uuid, after_uuid = self._middle
         envelope = b"".join(
-            (b'{"seq":"', format_seq(seq).encode(), before_uuid, message_uuid.encode(), after_uuid, payload, b"}")
+            (b'{"seq":"', b"%0*d" % (SEQ_DIGITS, seq), before_uuid, message_uuid.encode(), after_uuid, payload, b"}")
         )
         return envelope
 
