@@ -49,16 +49,9 @@ class ItemFailure:
         return str(self.error.get("type", "unknown"))
 
 
-def create_action_head(index: str) -> bytes:
-    """The part of a ``create`` action line before the ``_id``, the same for every document of an index."""
-    return b'{"create":{"_index":' + orjson.dumps(index) + b',"_id":'
-
-
-def bulk_lines(document: Document, heads: dict[str, bytes]) -> bytes:
-    head = heads.get(document.index)
-    if head is None:
-        head = heads[document.index] = create_action_head(document.index)
-    return b"".join((head, orjson.dumps(document.id), b"}}\n", document.source, b"\n"))
+def bulk_lines(document: Document) -> bytes:
+    action = orjson.dumps({"create": {"_index": document.index, "_id": document.id}})
+    return b"".join((action, b"\n", document.source, b"\n"))
 
 
 def make_chunks(documents: Sequence[Document], max_bytes: int) -> list[Chunk]:
@@ -67,9 +60,8 @@ def make_chunks(documents: Sequence[Document], max_bytes: int) -> list[Chunk]:
     current: list[Document] = []
     lines: list[bytes] = []
     size = 0
-    heads: dict[str, bytes] = {}
     for document in documents:
-        line = bulk_lines(document, heads)
+        line = bulk_lines(document)
         if current and size + len(line) > max_bytes:
             chunks.append(Chunk(current, b"".join(lines)))
             current, lines, size = [], [], 0

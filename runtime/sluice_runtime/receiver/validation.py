@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from sluice_runtime.common.envelope import SEQ_DIGITS
+from sluice_runtime.common.envelope import encode_seq
 
 MAX_NAME_BYTES = 256  # producer and key
 MAX_LABEL_BYTES = 1024
@@ -166,7 +166,7 @@ class EnvelopeEncoder:
     def encode(self, seq: int, message_uuid: str, payload: bytes) -> bytes:
         before_uuid, after_uuid = self._middle
         envelope = b"".join(
-            (b'{"seq":"', b"%0*d" % (SEQ_DIGITS, seq), before_uuid, message_uuid.encode(), after_uuid, payload, b"}")
+            (b'{"seq":"', encode_seq(seq), before_uuid, message_uuid.encode(), after_uuid, payload, b"}")
         )
         return envelope
 
