@@ -24,7 +24,7 @@ from typing import Any
 
 from bench import loads, report
 from bench.operator import measure_operator
-from bench.processes import RuntimeVersion, running_publisher, running_receiver
+from bench.processes import Running, RuntimeVersion, running_publisher, running_receiver
 from sluice_runtime.receiver.settings import BatchSettings
 from tests.support import engines, provision
 from tests.support.procs import free_port, wait_until
@@ -109,7 +109,7 @@ def measure_version(version: RuntimeVersion, engine_url: str, args: argparse.Nam
             version, publisher.url, engine_url, messages, work
         )
         # The same queue again, now with its backlog on disk and a publisher to drain it into.
-        delete_indices(engine_url, publisher_indices(version))
+        delete_indices(engine_url, version.index_prefix + "*")
         wait_for_quiet_engine(engine_url)
         with running_receiver(version, publisher.url, queue_dir, args.backlog_messages * 2) as receiver:
             backlog = int(receiver.status()["backlog"])
@@ -117,8 +117,7 @@ def measure_version(version: RuntimeVersion, engine_url: str, args: argparse.Nam
             results["receiverRssMiBWithBacklog"] = {"backlog": backlog, "rssMiB": round(rss, 1)}
             print(f"[{version.name}] {backlog:,} queued: receiver RSS {rss:.0f} MiB; draining", flush=True)
             started = time.perf_counter()
-            while receiver.status()["backlog"] > 0:
-                time.sleep(0.2)
+            wait_until_drained(receiver)
             seconds = time.perf_counter() - started
             rate = backlog / seconds
             results["drainToEngine"] = {"messages": backlog, "seconds": round(seconds, 2), "perSecond": round(rate, 1)}
@@ -126,29 +125,22 @@ def measure_version(version: RuntimeVersion, engine_url: str, args: argparse.Nam
     return results
 
 
-def publisher_indices(version: RuntimeVersion) -> str:
-    return f"bench-{version.label}-*"
-
-
-def engine_get(engine_url: str, path: str) -> Any:
-    with urllib.request.urlopen(f"{engine_url}{path}", timeout=30) as response:
-        return json.loads(response.read())
-
-
-def searchable_count(engine_url: str, pattern: str) -> int:
-    """What a reader finds now: no forced refresh, which would cost the engine a segment per poll."""
-    return int(engine_get(engine_url, f"/{pattern}/_count")["count"])
+def wait_until_drained(receiver: Running) -> None:
+    """The receiver deletes a batch once the publisher answers for it, which the publisher does once the
+    engine has acknowledged every document: an empty queue means all of them are acknowledged."""
+    while receiver.status()["backlog"] > 0:
+        time.sleep(loads.SEARCHABLE_POLL)
 
 
 def delete_indices(engine_url: str, pattern: str) -> None:
     # By name: Elasticsearch 8 refuses wildcard deletes (action.destructive_requires_name).
-    for index in engine_get(engine_url, f"/_cat/indices/{pattern}?format=json&h=index"):
+    for index in engines.get_json(f"{engine_url}/_cat/indices/{pattern}?format=json&h=index", 30):
         request = urllib.request.Request(f"{engine_url}/{index['index']}", method="DELETE")
         urllib.request.urlopen(request, timeout=60).close()
 
 
 def merges_running(engine_url: str) -> int:
-    nodes = engine_get(engine_url, "/_nodes/stats/indices/merge")["nodes"].values()
+    nodes = engines.get_json(f"{engine_url}/_nodes/stats/indices/merge", 30)["nodes"].values()
     return sum(int(node["indices"]["merges"]["current"]) for node in nodes)
 
 
@@ -169,20 +161,17 @@ def measure_end_to_end(
     for run in range(REPEATS):
         wait_for_quiet_engine(engine_url)
         ceiling.append(asyncio.run(loads.direct_bulk(engine_url, messages, batch, RECEIVER_BATCH.max_in_flight, True)))
-        delete_indices(engine_url, publisher_indices(version))
+        indices = version.index_prefix + "*"
+        delete_indices(engine_url, indices)
         wait_for_quiet_engine(engine_url)
         with running_receiver(version, publisher_url, work / f"{version.label}-e2e-{run}", messages * 2) as receiver:
             started = time.perf_counter()
             asyncio.run(loads.receiver_ndjson(receiver.url, messages, 1000, 8))
-            acknowledged: float | None = None
-            while searchable_count(engine_url, publisher_indices(version)) < messages:
-                # The receiver deletes a batch once the publisher answers, which it does once the engine has
-                # acknowledged every document: an empty queue is the end-to-end acknowledgement.
-                if acknowledged is None and receiver.status()["backlog"] == 0:
-                    acknowledged = time.perf_counter() - started
-                time.sleep(loads.SEARCHABLE_POLL)
+            wait_until_drained(receiver)
+            acknowledged = time.perf_counter() - started
+            asyncio.run(loads.searchable(engine_url, indices, messages))
             seconds = time.perf_counter() - started
-            end_to_end.append(loads.Measurement(messages, seconds, [], acknowledged_seconds=acknowledged or seconds))
+            end_to_end.append(loads.Measurement(messages, seconds, [], acknowledged_seconds=acknowledged))
         print(
             f"  run {run + 1}: end to end {end_to_end[-1].per_second:,.0f} msg/s,"
             f" direct _bulk {ceiling[-1].per_second:,.0f} docs/s",

@@ -93,14 +93,15 @@ async def _post_ok(session: aiohttp.ClientSession, url: str, body: bytes, conten
 SEARCHABLE_POLL = 0.1  # seconds between _count polls while waiting for documents to become searchable
 
 
-async def searchable(session: aiohttp.ClientSession, engine_url: str, index: str, documents: int) -> None:
-    """Until ``index`` counts ``documents``. No forced ``_refresh``: the index's own refresh makes them
-    searchable, as for any reader, and forcing one per poll would cost the engine tiny segments to merge."""
-    while True:
-        async with session.get(f"{engine_url}/{index}/_count") as response:
-            if response.status == 200 and (await response.json())["count"] >= documents:
-                return
-        await asyncio.sleep(SEARCHABLE_POLL)
+async def searchable(engine_url: str, index: str, documents: int) -> None:
+    """Until ``index`` (a name or pattern) counts ``documents``. No forced ``_refresh``: the index's own refresh
+    makes them searchable, as for any reader, and forcing one per poll would cost the engine tiny segments."""
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(f"{engine_url}/{index}/_count") as response:
+                if response.status == 200 and (await response.json())["count"] >= documents:
+                    return
+            await asyncio.sleep(SEARCHABLE_POLL)
 
 
 async def direct_bulk(
@@ -126,7 +127,7 @@ async def direct_bulk(
         if not until_searchable:
             await session.delete(f"{engine_url}/{index}")
             return Measurement(documents, seconds, latencies)
-        await searchable(session, engine_url, index, documents)
+        await searchable(engine_url, index, documents)
         searchable_seconds = time.perf_counter() - started
         await session.delete(f"{engine_url}/{index}")
     return Measurement(documents, searchable_seconds, latencies, acknowledged_seconds=seconds)

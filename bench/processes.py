@@ -26,6 +26,11 @@ class RuntimeVersion:
     def label(self) -> str:
         return "".join(char if char.isalnum() else "-" for char in self.name)
 
+    @property
+    def index_prefix(self) -> str:
+        """Where the names of this version's publisher indices start (it writes one index a month)."""
+        return f"bench-{self.label}-"
+
 
 @dataclass(frozen=True)
 class Running:
@@ -60,7 +65,7 @@ def _sluice(version: RuntimeVersion, role: str, flags: list[str], work: Path) ->
 def running_publisher(
     version: RuntimeVersion, engine_url: str, work: Path
 ) -> contextlib.AbstractContextManager[Running]:
-    index = f"bench-{version.label}-%{{+yyyy.MM}}"
+    index = version.index_prefix + "%{+yyyy.MM}"
     return _sluice(version, "publisher", ["--es-url", engine_url, "--index", index], work)
 
 

@@ -71,7 +71,7 @@ class Security:
         return ssl.create_default_context(cafile=str(self.ca_file))
 
 
-def get_json(url: str, timeout: float = 5.0, security: Security | None = None) -> dict:
+def get_json(url: str, timeout: float = 5.0, security: Security | None = None) -> Any:
     request = urllib.request.Request(url, headers=security.headers() if security else {})
     context = security.ssl_context() if security else None
     with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
