@@ -73,6 +73,15 @@ def test_bad_values_name_the_field(argv: list[str], field: str) -> None:
         command.load_settings(parse(*argv), RECEIVER_OPTIONS, {})
 
 
+def test_unusable_config_files_are_refused_naming_the_file(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.yml"
+    latin1.write_bytes(b"receiver:\n  dataDir: /var/lib/sluice/caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"config file .*latin1\.yml: not UTF-8 text"):
+        read_config_file(latin1)
+    with pytest.raises(ConfigError, match=r"config file .*missing\.yml: cannot be read"):
+        read_config_file(tmp_path / "missing.yml")
+
+
 def test_unknown_yaml_key_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"receiver\.queue\.maxMesages"):
         command.load_settings(parse(), RECEIVER_OPTIONS, {"receiver": {"queue": {"maxMesages": 3}}})

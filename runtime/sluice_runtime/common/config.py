@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -95,17 +95,24 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> N
         )
 
 
+def load_yaml_file(path: str | os.PathLike[str], what: str, error: Callable[[str], Exception] = ConfigError) -> Any:
+    """The data of a YAML file; ``error`` says which file (``what``) and why it cannot be used."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"{what} {path}: cannot be read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {path}: not UTF-8 text: {exc.reason}") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise error(f"{what} {path}: not valid YAML: {exc}") from exc
+
+
 def read_config_file(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     if not path:
         return {}
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"config file {path}: {exc.strerror}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path}: not valid YAML: {exc}") from exc
+    data = load_yaml_file(path, "config file")
     if data is None:
         return {}
     if not isinstance(data, dict):

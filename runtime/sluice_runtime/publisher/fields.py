@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from sluice_runtime.common.config import load_yaml_file
 
 DEFAULT_IGNORE_ABOVE = 1024
 DEFAULT_SCALING_FACTOR = 1000
@@ -75,16 +75,7 @@ class FieldMappings:
 
 
 def load_fields_file(path: str | Path) -> FieldMappings:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise FieldsError(f"fields file {path}: cannot be read: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise FieldsError(f"fields file {path}: not UTF-8 text: {exc.reason}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise FieldsError(f"fields file {path}: not valid YAML: {exc}") from exc
+    data = load_yaml_file(path, "fields file", FieldsError)
     return fields_to_mappings(data, source=str(path))
 
 
