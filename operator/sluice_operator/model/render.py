@@ -89,21 +89,41 @@ def render(
     receiver_hash = stable_hash({"receiver": receiver_cfg})
 
     sa_name = naming.service_account(name) if s["serviceAccount"].get("create") else None
+    pipeline = _Pipeline(name, namespace, s, image, version, sa_name)
     children: list[dict[str, Any]] = []
     if sa_name:
-        children.append(_service_account(name, namespace, sa_name, version))
-    children.append(
-        _meta("v1", "ConfigMap", naming.config(name), namespace, naming.labels(name, "config", version))
-        | {"data": config_data}
-    )
-    children += _receiver(name, namespace, s, image, version, receiver_hash, sa_name, target)
+        children.append(_service_account(pipeline, sa_name))
+    children.append(pipeline.meta("v1", "ConfigMap", naming.config(name), "config") | {"data": config_data})
+    children += _receiver(pipeline, receiver_hash, target)
     if not edge:
         publisher_hash = stable_hash({"publisher": runtime_config["publisher"],
                                       "fields": config_data.get("fields.yml", "")})
-        children += _publisher(name, namespace, s, image, version, publisher_hash, sa_name, credentials)
+        children += _publisher(pipeline, publisher_hash, credentials)
     if s["networkPolicy"].get("enabled"):
-        children.append(_network_policy(name, namespace, s, version))
+        children.append(_network_policy(pipeline))
     return children
+
+
+@dataclass(frozen=True)
+class _Pipeline:
+    """What every child of one pipeline shares: whose it is, its spec, and the image and service account it runs."""
+
+    name: str
+    namespace: str
+    spec: Mapping[str, Any]
+    image: str
+    version: str
+    service_account: str | None
+
+    def labels(self, component: str) -> dict[str, str]:
+        return naming.labels(self.name, component, self.version)
+
+    def meta(self, api_version: str, kind: str, child: str, component: str) -> dict[str, Any]:
+        return {
+            "apiVersion": api_version,
+            "kind": kind,
+            "metadata": {"name": child, "namespace": self.namespace, "labels": self.labels(component)},
+        }
 
 
 @dataclass(frozen=True)
@@ -240,16 +260,8 @@ def default_pattern(index: str) -> str:
     return re.sub(r"%\{[^}]*\}.*$", "", index) + "*"
 
 
-def _meta(api_version: str, kind: str, name: str, namespace: str, labels: dict[str, str]) -> dict[str, Any]:
-    return {
-        "apiVersion": api_version,
-        "kind": kind,
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-    }
-
-
-def _service_account(name: str, namespace: str, sa_name: str, version: str) -> dict[str, Any]:
-    sa = _meta("v1", "ServiceAccount", sa_name, namespace, naming.labels(name, "serviceaccount", version))
+def _service_account(pipeline: _Pipeline, sa_name: str) -> dict[str, Any]:
+    sa = pipeline.meta("v1", "ServiceAccount", sa_name, "serviceaccount")
     # The runtime never talks to the API server, so no token is mounted anywhere.
     sa["automountServiceAccountToken"] = False
     return sa
@@ -304,29 +316,27 @@ def _container(
     }
 
 
-def _pod_spec(name: str, container: dict[str, Any], volumes: list[dict[str, Any]], sa: str | None) -> dict[str, Any]:
+def _pod_spec(pipeline: _Pipeline, container: dict[str, Any], volumes: list[dict[str, Any]]) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "securityContext": pod_security_context(),
         "terminationGracePeriodSeconds": 30,
         "containers": [container],
         "volumes": [
-            {"name": "config", "configMap": {"name": naming.config(name)}},
+            {"name": "config", "configMap": {"name": naming.config(pipeline.name)}},
             {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
             *volumes,
         ],
     }
-    if sa:
-        spec["serviceAccountName"] = sa
+    if pipeline.service_account:
+        spec["serviceAccountName"] = pipeline.service_account
     return spec
 
 
-def _service(
-    name: str, svc_name: str, namespace: str, component: str, port: int, version: str, headless: bool = False
-) -> dict[str, Any]:
-    svc = _meta("v1", "Service", svc_name, namespace, naming.labels(name, component, version))
+def _service(pipeline: _Pipeline, svc_name: str, component: str, port: int, headless: bool = False) -> dict[str, Any]:
+    svc = pipeline.meta("v1", "Service", svc_name, component)
     svc["spec"] = {
-        "selector": naming.selector_labels(name, component),
+        "selector": naming.selector_labels(pipeline.name, component),
         "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
     }
     if headless:
@@ -337,39 +347,29 @@ def _service(
     return svc
 
 
-def _pdb(name: str, namespace: str, component: str, version: str) -> dict[str, Any]:
-    pdb = _meta("policy/v1", "PodDisruptionBudget", naming.pdb(name, component), namespace,
-                naming.labels(name, component, version))
-    pdb["spec"] = {"maxUnavailable": 1, "selector": {"matchLabels": naming.selector_labels(name, component)}}
+def _pdb(pipeline: _Pipeline, component: str) -> dict[str, Any]:
+    pdb = pipeline.meta("policy/v1", "PodDisruptionBudget", naming.pdb(pipeline.name, component), component)
+    pdb["spec"] = {"maxUnavailable": 1, "selector": {"matchLabels": naming.selector_labels(pipeline.name, component)}}
     return pdb
 
 
-def _receiver(
-    name: str,
-    namespace: str,
-    s: Mapping[str, Any],
-    image: str,
-    version: str,
-    config_hash: str,
-    sa: str | None,
-    target: _ForwardTarget,
-) -> list[dict[str, Any]]:
-    rx = s["receiver"]
-    container = _container("receiver", image, naming.RECEIVER_PORT, rx.get("resources"))
+def _receiver(pipeline: _Pipeline, config_hash: str, target: _ForwardTarget) -> list[dict[str, Any]]:
+    name = pipeline.name
+    rx = pipeline.spec["receiver"]
+    container = _container("receiver", pipeline.image, naming.RECEIVER_PORT, rx.get("resources"))
     container["volumeMounts"].append({"name": "data", "mountPath": DATA_MOUNT})
     volumes: list[dict[str, Any]] = []
     for files in (_ref_files((rx.get("auth") or {}).get("tokenSecretRef"), "auth", AUTH_DIR, None),
                   target.token, target.ca):
         if files:
             files.mount(container, volumes)
-    labels = naming.labels(name, "receiver", version)
     claim_spec: dict[str, Any] = {
         "accessModes": ["ReadWriteOnce"],
         "resources": {"requests": {"storage": rx["storage"]["size"]}},
     }
     if rx["storage"].get("storageClassName"):
         claim_spec["storageClassName"] = rx["storage"]["storageClassName"]
-    sts = _meta("apps/v1", "StatefulSet", naming.receiver(name), namespace, labels)
+    sts = pipeline.meta("apps/v1", "StatefulSet", naming.receiver(name), "receiver")
     sts["spec"] = {
         "replicas": rx["replicas"],
         "serviceName": naming.receiver_headless(name),
@@ -377,8 +377,8 @@ def _receiver(
         "podManagementPolicy": "Parallel",
         "selector": {"matchLabels": naming.selector_labels(name, "receiver")},
         "template": {
-            "metadata": {"labels": labels, "annotations": {CONFIG_HASH_ANNOTATION: config_hash}},
-            "spec": _pod_spec(name, container, volumes, sa),
+            "metadata": {"labels": pipeline.labels("receiver"), "annotations": {CONFIG_HASH_ANNOTATION: config_hash}},
+            "spec": _pod_spec(pipeline, container, volumes),
         },
         "volumeClaimTemplates": [
             {
@@ -390,27 +390,21 @@ def _receiver(
         ],
     }
     return [
-        _service(name, naming.receiver_headless(name), namespace, "receiver", naming.RECEIVER_PORT, version, True),
-        _service(name, naming.receiver(name), namespace, "receiver", naming.RECEIVER_PORT, version),
+        _service(pipeline, naming.receiver_headless(name), "receiver", naming.RECEIVER_PORT, headless=True),
+        _service(pipeline, naming.receiver(name), "receiver", naming.RECEIVER_PORT),
         sts,
-        _pdb(name, namespace, "receiver", version),
+        _pdb(pipeline, "receiver"),
     ]
 
 
-def _publisher(
-    name: str,
-    namespace: str,
-    s: Mapping[str, Any],
-    image: str,
-    version: str,
-    config_hash: str,
-    sa: str | None,
-    credentials: Credentials | None,
-) -> list[dict[str, Any]]:
-    pub = s["publisher"]
-    es = s["elasticsearch"]
-    tokens, tls = _publisher_files(s)
-    container = _container("publisher", image, naming.PUBLISHER_PORT, pub.get("resources"), https=tls is not None)
+def _publisher(pipeline: _Pipeline, config_hash: str, credentials: Credentials | None) -> list[dict[str, Any]]:
+    name = pipeline.name
+    pub = pipeline.spec["publisher"]
+    es = pipeline.spec["elasticsearch"]
+    tokens, tls = _publisher_files(pipeline.spec)
+    container = _container(
+        "publisher", pipeline.image, naming.PUBLISHER_PORT, pub.get("resources"), https=tls is not None
+    )
     volumes: list[dict[str, Any]] = []
     secret_ref = es.get("credentialsSecretRef")
     if secret_ref and credentials != "apiKey":
@@ -420,25 +414,25 @@ def _publisher(
                   _ref_files(es.get("caSecretRef"), "es-ca", ES_CA_DIR, None, PUBLIC_MODE), tokens, tls):
         if files:
             files.mount(container, volumes)
-    labels = naming.labels(name, "publisher", version)
-    deployment = _meta("apps/v1", "Deployment", naming.publisher(name), namespace, labels)
+    deployment = pipeline.meta("apps/v1", "Deployment", naming.publisher(name), "publisher")
     deployment["spec"] = {
         "replicas": pub["replicas"],
         "selector": {"matchLabels": naming.selector_labels(name, "publisher")},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
         "template": {
-            "metadata": {"labels": labels, "annotations": {CONFIG_HASH_ANNOTATION: config_hash}},
-            "spec": _pod_spec(name, container, volumes, sa),
+            "metadata": {"labels": pipeline.labels("publisher"), "annotations": {CONFIG_HASH_ANNOTATION: config_hash}},
+            "spec": _pod_spec(pipeline, container, volumes),
         },
     }
     return [
         deployment,
-        _service(name, naming.publisher(name), namespace, "publisher", naming.PUBLISHER_PORT, version),
-        _pdb(name, namespace, "publisher", version),
+        _service(pipeline, naming.publisher(name), "publisher", naming.PUBLISHER_PORT),
+        _pdb(pipeline, "publisher"),
     ]
 
 
-def _network_policy(name: str, namespace: str, s: Mapping[str, Any], version: str) -> dict[str, Any]:
+def _network_policy(pipeline: _Pipeline) -> dict[str, Any]:
+    name, s = pipeline.name, pipeline.spec
     peers = list(s["networkPolicy"].get("ingressFrom") or [])
     receiver_rule: dict[str, Any] = {"ports": [{"port": naming.RECEIVER_PORT, "protocol": "TCP"}]}
     if peers:
@@ -449,8 +443,7 @@ def _network_policy(name: str, namespace: str, s: Mapping[str, Any], version: st
     if (s["publisher"].get("auth") or {}).get("tokenSecretRef"):
         # A publisher that demands tokens is there for receivers elsewhere too: admit the receivers' peers.
         publisher_rule = {"ports": publisher_rule["ports"]} | ({"from": [own_receivers, *peers]} if peers else {})
-    policy = _meta("networking.k8s.io/v1", "NetworkPolicy", naming.network_policy(name), namespace,
-                   naming.labels(name, "networkpolicy", version))
+    policy = pipeline.meta("networking.k8s.io/v1", "NetworkPolicy", naming.network_policy(name), "networkpolicy")
     policy["spec"] = {
         "podSelector": {"matchLabels": {"app.kubernetes.io/instance": name, "app.kubernetes.io/name": "sluice"}},
         "policyTypes": ["Ingress"],
