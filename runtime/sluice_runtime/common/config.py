@@ -100,7 +100,7 @@ def load_yaml_file(path: str | os.PathLike[str], what: str, error: Callable[[str
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise error(f"{what} {path}: cannot be read: {exc.strerror}") from exc
+        raise error(f"{what} {path}: {exc.strerror} (cannot be read)") from exc
     except UnicodeDecodeError as exc:
         raise error(f"{what} {path}: not UTF-8 text: {exc.reason}") from exc
     try:
