@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import loads, report
+from bench import cpus, loads, report
 from bench.operator import measure_operator
 from bench.processes import Running, RuntimeVersion, running_publisher, running_receiver
 from sluice_runtime.receiver.settings import BatchSettings
@@ -55,16 +56,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 @contextlib.contextmanager
-def search_engine(url: str | None, work: Path) -> Iterator[str]:
+def search_engine(url: str | None, work: Path) -> Iterator[engines.SearchEngine]:
     if url:
-        yield url.rstrip("/")
+        yield engines.SearchEngine("given", url.rstrip("/"))
         return
     run_dir = provision.engines_dir() / "runs" / f"bench-{int(time.time())}"
     run_dir.mkdir(parents=True)
     run_dir.chmod(0o755)
     engine = engines.launch_engine(engines.ELASTICSEARCH, run_dir / "es", work / "logs")
     try:
-        yield engine.url
+        yield engine
     finally:
         engine.stop()
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -87,7 +88,10 @@ def previous_version(ref: str, work: Path) -> Iterator[RuntimeVersion | None]:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
 
 
-def measure_version(version: RuntimeVersion, engine_url: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def measure_version(
+    version: RuntimeVersion, engine: engines.SearchEngine, args: argparse.Namespace, work: Path
+) -> dict[str, Any]:
+    engine_url = engine.url
     results: dict[str, Any] = {"publisherIn": {}}
     queue_dir = work / f"{version.label}-receiver"
     nowhere = f"http://127.0.0.1:{free_port()}/in"  # intake alone: the forwarder finds no publisher
@@ -109,8 +113,21 @@ def measure_version(version: RuntimeVersion, engine_url: str, args: argparse.Nam
         messages = args.end_to_end_messages
         print(f"[{version.name}] end to end against direct _bulk, {messages:,} messages to searchable", flush=True)
         results["endToEnd"], results["directBulkSearchable"] = measure_end_to_end(
-            version, publisher.url, engine_url, messages, work
+            version, publisher, engine, messages, work / "shared"
         )
+        split = cpus.split_cpus()
+        if engine.process is not None and engine.process.pid is not None and split is not None:
+            pipeline_cpus, engine_cpus = split
+            print(f"[{version.name}] the same, the engine alone on CPUs {sorted(engine_cpus)}", flush=True)
+            assert publisher.process.pid is not None
+            with cpus.engine_apart(engine.process.pid, [publisher.process.pid], split):
+                apart = measure_end_to_end(version, publisher, engine, messages, work / "apart")
+            results["engineApart"] = {
+                "pipelineCpus": sorted(pipeline_cpus),
+                "engineCpus": sorted(engine_cpus),
+                "endToEnd": apart[0],
+                "directBulkSearchable": apart[1],
+            }
         # The same queue again, now with its backlog on disk and a publisher to drain it into.
         delete_indices(engine_url, version.index_prefix + "*")
         wait_for_quiet_engine(engine_url)
@@ -153,31 +170,41 @@ def wait_for_quiet_engine(engine_url: str) -> None:
 
 
 def measure_end_to_end(
-    version: RuntimeVersion, publisher_url: str, engine_url: str, messages: int, work: Path
-) -> tuple[dict[str, float], dict[str, float]]:
+    version: RuntimeVersion, publisher: Running, engine: engines.SearchEngine, messages: int, work: Path
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """From the first POST to the receiver until every message is searchable, what a client's data lives
     through; and, in turns with it, the same documents sent straight to ``_bulk`` until searchable. Each
     run starts on a quiet engine with a fresh index, and the best of each is kept."""
     end_to_end: list[loads.Measurement] = []
     ceiling: list[loads.Measurement] = []
     batch = RECEIVER_BATCH.max_messages
+    engine_pids = cpus.process_tree(engine.process.pid) if engine.process and engine.process.pid else []
+    assert publisher.process.pid is not None
     for run in range(REPEATS):
-        wait_for_quiet_engine(engine_url)
-        ceiling.append(asyncio.run(loads.direct_bulk(engine_url, messages, batch, RECEIVER_BATCH.max_in_flight, True)))
+        wait_for_quiet_engine(engine.url)
+        meter = cpus.CpuMeter({"engine": engine_pids})
+        load = loads.direct_bulk(engine.url, messages, batch, RECEIVER_BATCH.max_in_flight, True)
+        ceiling.append(asyncio.run(load))
+        ceiling[-1].cpu_per_document = meter.micros_per_document(messages)
         indices = version.index_prefix + "*"
-        delete_indices(engine_url, indices)
-        wait_for_quiet_engine(engine_url)
-        with running_receiver(version, publisher_url, work / f"{version.label}-e2e-{run}", messages * 2) as receiver:
+        delete_indices(engine.url, indices)
+        wait_for_quiet_engine(engine.url)
+        with running_receiver(version, publisher.url, work / f"{version.label}-e2e-{run}", messages * 2) as receiver:
+            assert receiver.process.pid is not None
+            groups = {"receiver": [receiver.process.pid], "publisher": [publisher.process.pid], "engine": engine_pids}
+            meter = cpus.CpuMeter({**groups, "client": [os.getpid()]})
             started = time.perf_counter()
             asyncio.run(loads.receiver_ndjson(receiver.url, messages, 1000, 8))
             wait_until_drained(receiver)
             acknowledged = time.perf_counter() - started
-            asyncio.run(loads.searchable(engine_url, indices, messages))
+            asyncio.run(loads.searchable(engine.url, indices, messages))
             seconds = time.perf_counter() - started
-            end_to_end.append(loads.Measurement(messages, seconds, [], acknowledged_seconds=acknowledged))
+            spent = meter.micros_per_document(messages)
+            end_to_end.append(loads.Measurement(messages, seconds, [], acknowledged, spent))
         print(
             f"  run {run + 1}: end to end {end_to_end[-1].per_second:,.0f} msg/s,"
-            f" direct _bulk {ceiling[-1].per_second:,.0f} docs/s",
+            f" direct _bulk {ceiling[-1].per_second:,.0f} docs/s;"
+            f" CPU µs a document: {', '.join(f'{name} {micros:.1f}' for name, micros in spent.items())}",
             flush=True,
         )
     best = max(end_to_end, key=lambda measured: measured.per_second)
@@ -221,13 +248,13 @@ def measure_ceiling(engine_url: str, args: argparse.Namespace) -> dict[str, dict
 
 
 def measure_runtime(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    with search_engine(args.es_url, work) as engine_url, previous_version(args.previous, work) as previous:
+    with search_engine(args.es_url, work) as engine, previous_version(args.previous, work) as previous:
         # A cold JVM is slow: warm the engine up, then take the ceiling before and after, keeping the best.
-        warm_up(engine_url, args)
-        first = measure_ceiling(engine_url, args)
-        current = measure_version(RuntimeVersion("working tree", ROOT / "runtime"), engine_url, args, work)
-        before = measure_version(previous, engine_url, args, work) if previous else None
-        second = measure_ceiling(engine_url, args)
+        warm_up(engine.url, args)
+        first = measure_ceiling(engine.url, args)
+        current = measure_version(RuntimeVersion("working tree", ROOT / "runtime"), engine, args, work)
+        before = measure_version(previous, engine, args, work) if previous else None
+        second = measure_ceiling(engine.url, args)
     return {
         "directBulk": {size: max(first[size], second[size], key=lambda m: m["perSecond"]) for size in first},
         "current": current,

@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import orjson
@@ -28,6 +29,8 @@ class Measurement:
     latencies: list[float]
     # For loads timed until searchable: when the engine had acknowledged the last document.
     acknowledged_seconds: float | None = None
+    # CPU time each process spent on the load, in microseconds a document (engine, receiver, publisher).
+    cpu_per_document: dict[str, float] | None = None
 
     @property
     def per_second(self) -> float:
@@ -37,7 +40,7 @@ class Measurement:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, Any]:
         summary = {
             "documents": self.documents,
             "seconds": round(self.seconds, 3),
@@ -49,6 +52,8 @@ class Measurement:
         if self.acknowledged_seconds:
             summary["acknowledgedSeconds"] = round(self.acknowledged_seconds, 3)
             summary["acknowledgedPerSecond"] = round(self.documents / self.acknowledged_seconds, 1)
+        if self.cpu_per_document:
+            summary["cpuMicrosPerDocument"] = {name: round(micros, 1) for name, micros in self.cpu_per_document.items()}
         return summary
 
 

@@ -33,6 +33,15 @@ def runtime_ratios(runtime: dict[str, Any]) -> dict[str, Any]:
             current["endToEnd"]["acknowledgedPerSecond"], current["directBulkSearchable"]["acknowledgedPerSecond"]
         ),
     }
+    apart = current.get("engineApart")
+    if apart:
+        # The same pairs with the engine on CPUs of its own, as it has nodes of its own in a cluster.
+        out["endToEndToDirectBulkEngineApart"] = _ratio(
+            apart["endToEnd"]["perSecond"], apart["directBulkSearchable"]["perSecond"]
+        )
+        out["endToEndAcknowledgedToDirectBulkEngineApart"] = _ratio(
+            apart["endToEnd"]["acknowledgedPerSecond"], apart["directBulkSearchable"]["acknowledgedPerSecond"]
+        )
     if previous:
         out["currentToPrevious"] = {
             "publisherIn": {
@@ -45,6 +54,10 @@ def runtime_ratios(runtime: dict[str, Any]) -> dict[str, Any]:
                 if key in previous
             },
         }
+        if apart and previous.get("engineApart"):
+            out["currentToPrevious"]["endToEndEngineApart"] = _ratio(
+                apart["endToEnd"]["perSecond"], previous["engineApart"]["endToEnd"]["perSecond"]
+            )
     return out
 
 
