@@ -23,8 +23,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from sluice_runtime.publisher.settings import PublisherSettings
-from sluice_runtime.receiver.queue import MESSAGE_PREFIX, MESSAGES_END
 from sluice_runtime.receiver.settings import ReceiverSettings
+from sluice_runtime.receiver.stored import MESSAGE_PREFIX, MESSAGES_END, group_members
 from tests.support.engines import SearchEngine
 from tests.support.observe import http_ok
 from tests.support.procs import ManagedProcess, free_port
@@ -107,7 +107,11 @@ def stored_envelopes(data_dir: Path) -> list[bytes]:
     """The envelopes in a receiver's queue, as stored, oldest first; the database must not be open elsewhere."""
     db = plyvel.DB(str(data_dir))
     try:
-        return [value for _, value in db.iterator(start=MESSAGE_PREFIX, stop=MESSAGES_END)]
+        return [
+            envelope
+            for _, value in db.iterator(start=MESSAGE_PREFIX, stop=MESSAGES_END)
+            for envelope in group_members(value)
+        ]
     finally:
         db.close()
 

@@ -12,22 +12,16 @@ import urllib.request
 from pathlib import Path
 
 import orjson
-import plyvel
 import pytest
 
-from sluice_runtime.receiver.queue import MESSAGE_PREFIX, MESSAGES_END
-from tests.receiver.support import receiver_process, services
+from tests.receiver.support import receiver_process, services, stored_envelopes
 from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs util-linux prlimit")
 
 
 def stored_uuids(data: Path) -> set[str]:
-    db = plyvel.DB(str(data))
-    try:
-        return {orjson.loads(value)["uuid"] for _, value in db.iterator(start=MESSAGE_PREFIX, stop=MESSAGES_END)}
-    finally:
-        db.close()
+    return {orjson.loads(envelope)["uuid"] for envelope in stored_envelopes(data)}
 
 
 def post(base: str, body: bytes) -> tuple[int, dict]:

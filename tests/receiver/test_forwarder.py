@@ -78,6 +78,21 @@ async def test_backlog_goes_back_to_back_in_order_in_full_batches(tmp_path: Path
     assert metric_sum(metrics, "sluice_publisher_batch_documents_sum") == 10_000
 
 
+async def test_batches_fill_up_with_requests_stored_as_groups(tmp_path: Path) -> None:
+    # 300 is no multiple of the most a group holds (250): groups of 150 make full batches all the same.
+    out = tmp_path / "out"
+    async with running_publisher(publisher_settings(out)) as publisher:
+        batch = {"maxMessages": 300, "maxWait": "1h", "maxInFlight": 1}
+        async with running_receiver(settings(tmp_path / "q", forwardUrl=url_of(publisher), batch=batch)) as client:
+            for chunk in range(3):
+                assert (await client.post("/rx/p/k/l", data=lines(900, chunk * 900), headers=NDJSON)).status == 200
+            await drain(client)
+        published = await status_of(publisher)
+    assert [payload["n"] for payload in delivered_payloads(out)] == list(range(2700))
+    assert published["batches"]["ok"] == 9
+    assert published["largestBatchSize"] == published["lastBatchSize"] == 300
+
+
 async def test_a_partial_batch_goes_whole_once_max_wait_has_passed(tmp_path: Path) -> None:
     out = tmp_path / "out"
     async with running_publisher(publisher_settings(out)) as publisher:

@@ -12,8 +12,10 @@ import orjson
 import plyvel
 import pytest
 
-from sluice_runtime.receiver.queue import COUNT_KEY, MESSAGE_PREFIX, MESSAGES_END, MessageQueue, QueueFull
-from tests.receiver.support import eventually, publisher_settings, settings, status_of
+from sluice_runtime.common.envelope import format_seq, make_envelope
+from sluice_runtime.receiver.queue import COUNT_KEY, NEXT_SEQ_KEY, MessageQueue, QueueFull
+from sluice_runtime.receiver.stored import message_key
+from tests.receiver.support import delivered, eventually, publisher_settings, settings, status_of, stored_envelopes
 from tests.support.inprocess import running_publisher, running_receiver
 
 JSON = {"Content-Type": "application/json"}
@@ -21,11 +23,7 @@ NDJSON = {"Content-Type": "application/x-ndjson"}
 
 
 def stored(data_dir: Path) -> list[dict]:
-    db = plyvel.DB(str(data_dir))
-    try:
-        return [orjson.loads(value) for _, value in db.iterator(start=MESSAGE_PREFIX, stop=MESSAGES_END)]
-    finally:
-        db.close()
+    return [orjson.loads(envelope) for envelope in stored_envelopes(data_dir)]
 
 
 async def test_single_message_is_stored_before_the_answer(tmp_path: Path) -> None:
@@ -111,15 +109,44 @@ async def test_backlog_survives_a_restart_with_or_without_the_stored_count(tmp_p
         assert (await client.post("/rx/p/k/l", data=b"{}\n" * 40, headers=ndjson)).status == 200
     async with running_receiver(settings(data, queue={"maxMessages": 100})) as client:
         assert (await status_of(client))["backlog"] == 40
-    # A queue written before the count was kept: the receiver counts the messages instead.
+    # A queue written before the count was kept: the receiver counts the messages instead. Without the stored
+    # next seq as well, it numbers on from the last message of the newest group (the 40 are one).
     db = plyvel.DB(str(data))
     db.delete(COUNT_KEY, sync=True)
+    db.delete(NEXT_SEQ_KEY, sync=True)
     db.close()
     async with running_receiver(settings(data, queue={"maxMessages": 100})) as client:
         assert (await status_of(client))["backlog"] == 40
-        # And the count it keeps from then on is right: 60 more fill the queue exactly.
-        assert (await client.post("/rx/p/k/l", data=b"{}\n" * 60, headers=ndjson)).status == 200
+        assert (await (await client.post("/rx/p/k/l", data=b"{}")).json())["seq"] == format_seq(41)
+        # And the count it keeps from then on is right: 59 more fill the queue exactly.
+        assert (await client.post("/rx/p/k/l", data=b"{}\n" * 59, headers=ndjson)).status == 200
         assert (await client.post("/rx/p/k/l", data=b"{}")).status == 503
+
+
+async def test_a_queue_of_single_envelopes_from_an_earlier_version_is_forwarded(tmp_path: Path) -> None:
+    # Earlier versions stored one envelope a key; those are read as groups of one, beside new groups.
+    data, out = tmp_path / "q", tmp_path / "out"
+    db = plyvel.DB(str(data), create_if_missing=True)
+    for seq in range(1, 6):
+        db.put(message_key(seq), orjson.dumps(make_envelope(seq, "p", "k", "/l", {"n": seq - 1})))
+    db.put(NEXT_SEQ_KEY, (6).to_bytes(8, "big"))
+    db.put(COUNT_KEY, (5).to_bytes(8, "big"))
+    db.close()
+    async with running_publisher(publisher_settings(out)) as publisher:
+        config = settings(data, forwardUrl=str(publisher.make_url("/in")), batch={"maxMessages": 3, "maxWait": "1h"})
+        async with running_receiver(config) as client:
+            assert (await status_of(client))["backlog"] == 5
+            ndjson = b"".join(orjson.dumps({"n": n}) + b"\n" for n in range(5, 12))
+            answer = await (await client.post("/rx/p/k/l", data=ndjson, headers=NDJSON)).json()
+            assert answer["firstSeq"] == format_seq(6)
+
+            async def drained() -> bool:
+                return (await status_of(client))["backlog"] == 0
+
+            await eventually(drained, what="the queue to drain")
+        published = await status_of(publisher)
+    assert [line["_source"]["rxtxMsg"]["payload"]["n"] for line in delivered(out)] == list(range(12))
+    assert published["largestBatchSize"] <= 3
 
 
 @pytest.mark.parametrize(
@@ -203,7 +230,7 @@ async def test_messages_being_committed_count_toward_the_limit(tmp_path: Path) -
 
     queue._apply = slow_write  # type: ignore[method-assign]
     try:
-        first = asyncio.create_task(queue.append([(queue.reserve(1), b"{}")]))
+        first = asyncio.create_task(queue.append(queue.reserve(1), [b"{}"]))
         await asyncio.to_thread(writing.wait, 10)  # the first message is being written, not yet counted
         with pytest.raises(QueueFull):
             queue.reserve(2)  # 1 being written + 2 would be over the limit of 2
@@ -211,7 +238,7 @@ async def test_messages_being_committed_count_toward_the_limit(tmp_path: Path) -
     finally:
         release.set()
     await first
-    await queue.append([(second, b"{}")])
+    await queue.append(second, [b"{}"])
     assert queue.count == 2
     await queue.close()
 
@@ -223,11 +250,11 @@ async def test_the_oldest_message_age_follows_the_head_as_batches_are_removed(tm
     queue = MessageQueue(tmp_path / "q", max_messages=10)
     await queue.open()
     first = queue.reserve(len(times))
-    await queue.append([(first + n, orjson.dumps({"time": time})) for n, time in enumerate(times)])
+    await queue.append(first, [orjson.dumps({"time": time}) for time in times])
     heads = []
     for size in (1, 2, 1):
         claim = await queue.claim(size, 1 << 20)
-        await queue.remove(claim.keys)
+        await queue.remove([claim])
         heads.append(queue.head_time)
     await queue.close()
     # Removing 1, then 2, then the last: the head is the 2nd message, then the 4th, then there is none.
@@ -245,6 +272,20 @@ async def test_drop_oldest_is_opt_in_and_counted(tmp_path: Path) -> None:
     assert status["dropped"] == 3
     assert "sluice_receiver_messages_dropped_total 3.0" in metrics
     assert [m["payload"]["n"] for m in stored(tmp_path / "q")] == [3, 4, 5, 6, 7]
+
+
+async def test_drop_oldest_drops_a_request_whole_and_counts_every_message(tmp_path: Path) -> None:
+    config = settings(tmp_path / "q", queue={"maxMessages": 5, "whenFull": "dropOldest"})
+    async with running_receiver(config) as client:
+        for first in (0, 3):
+            ndjson = b"".join(orjson.dumps({"n": n}) + b"\n" for n in range(first, first + 3))
+            assert (await client.post("/rx/p/k/l", data=ndjson, headers=NDJSON)).status == 200
+        status = await (await client.get("/status")).json()
+        metrics = await (await client.get("/metrics")).text()
+    # One message too many: the three of the first request are stored together, and go together.
+    assert (status["backlog"], status["dropped"]) == (3, 3)
+    assert "sluice_receiver_messages_dropped_total 3.0" in metrics
+    assert [m["payload"]["n"] for m in stored(tmp_path / "q")] == [3, 4, 5]
 
 
 async def test_bearer_tokens_from_a_file_that_is_reloaded(tmp_path: Path) -> None:

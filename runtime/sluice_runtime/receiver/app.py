@@ -26,6 +26,7 @@ from sluice_runtime.receiver.intake import ROUTES, Intake
 from sluice_runtime.receiver.metrics import ReceiverMetrics
 from sluice_runtime.receiver.queue import MessageQueue
 from sluice_runtime.receiver.settings import ReceiverSettings
+from sluice_runtime.receiver.stored import group_size
 
 log = logging.getLogger("sluice.receiver")
 
@@ -41,6 +42,8 @@ class Receiver:
             settings.queue.max_messages,
             drop_oldest=settings.queue.when_full == "dropOldest",
             on_commit=metrics.committed,
+            group_messages=group_size(settings.batch.max_messages),
+            group_bytes=settings.batch.max_bytes,
         )
         self.intake = Intake(settings, self.queue, metrics, open_token_file(settings.auth, "receiver.auth"))
         if settings.forward_token_file is not None:

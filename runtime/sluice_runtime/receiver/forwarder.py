@@ -203,11 +203,11 @@ class Forwarder:
             done.append(self._window.popleft())
         if not done:
             return
-        keys = [key for slot in done for key in slot.claim.keys]
+        claims = [slot.claim for slot in done]
         attempt = 0
         while True:
             try:
-                await self.queue.remove(keys)
+                await self.queue.remove(claims)
                 return
             except StoreError as exc:
                 # Undeleted, they would only be sent again after a restart; keep trying.

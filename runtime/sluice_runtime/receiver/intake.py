@@ -107,23 +107,23 @@ class Intake:
             raise Rejected(503, str(exc)) from None
         encoder = EnvelopeEncoder(route, utc_now_rfc3339())
         uuids = new_uuids(len(payloads))
-        entries = [
-            (first + offset, encoder.encode(first + offset, uuids[offset], payload))
-            for offset, payload in enumerate(payloads)
+        envelopes = [
+            encoder.encode(seq, message_uuid, payload)
+            for seq, message_uuid, payload in zip(range(first, first + len(payloads)), uuids, payloads, strict=True)
         ]
         try:
-            await self.queue.append(entries)
+            await self.queue.append(first, envelopes)
         except StoreError as exc:
             self.metrics.db_errors.inc()
             raise Rejected(507, f"the message could not be stored, nothing was kept: {exc}") from None
-        self.metrics.received.inc(len(entries))
+        self.metrics.received.inc(len(envelopes))
         if kind == "json":
             return json_response({"status": "OK", "seq": format_seq(first), "uuid": uuids[0]})
         return json_response(
             {
                 "status": "OK",
-                "count": len(entries),
+                "count": len(envelopes),
                 "firstSeq": format_seq(first),
-                "lastSeq": format_seq(first + len(entries) - 1),
+                "lastSeq": format_seq(first + len(envelopes) - 1),
             }
         )

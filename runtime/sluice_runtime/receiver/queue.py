@@ -4,6 +4,8 @@ Keys are ``b"m" + seq`` as 8 big-endian bytes, so key order is arrival order. Th
 number is also stored (``b"s:next"``) in every write, so ``seq`` stays monotonic across restarts
 even after the queue has drained empty.
 
+A value holds one envelope or a group of them (see :mod:`~sluice_runtime.receiver.stored`).
+
 Every database operation runs on one dedicated thread, in the order it was submitted. That single
 writer is what makes group commit work: while one ``WriteBatch(sync=True)`` is being fsync'd,
 new requests gather, and the next wake-up writes all of them (and any pending deletes) in one
@@ -29,10 +31,19 @@ from pathlib import Path
 import orjson
 import plyvel
 
+from sluice_runtime.receiver.stored import (
+    MESSAGE_PREFIX,
+    MESSAGES_END,
+    first_member,
+    group_entries,
+    group_members,
+    key_seq,
+    member_count,
+    message_key,
+)
+
 log = logging.getLogger("sluice.receiver.queue")
 
-MESSAGE_PREFIX = b"m"
-MESSAGES_END = b"n"  # first key after every message key
 NEXT_SEQ_KEY = b"s:next"
 # The number of message keys, written in the same atomic batch as every change to them, so that
 # opening a long queue reads two keys instead of every message.
@@ -41,14 +52,6 @@ COUNT_KEY = b"s:count"
 # sustained intake; two of them at most are in memory, which fits the 150 MB RSS budget.
 WRITE_BUFFER_BYTES = 32 * 1024 * 1024
 REOPEN_INTERVAL = 1.0  # seconds between attempts to reopen the database after a write error
-
-
-def message_key(seq: int) -> bytes:
-    return MESSAGE_PREFIX + seq.to_bytes(8, "big")
-
-
-def key_seq(key: bytes) -> int:
-    return int.from_bytes(key[1:], "big")
 
 
 class QueueFull(Exception):
@@ -61,17 +64,24 @@ class StoreError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    keys: list[bytes]
-    values: list[bytes]
+    keys: list[bytes]  # of the stored values, to remove them once acknowledged
+    values: list[bytes]  # the envelopes they hold, oldest first
     more: bool = False  # stopped at a limit with more messages behind it
 
     @property
     def size(self) -> int:
-        return len(self.keys)
+        return len(self.values)
 
-    @property
-    def nbytes(self) -> int:
-        return sum(len(value) for value in self.values)
+
+@dataclass(frozen=True, slots=True)
+class _Change:
+    """One group commit, as the database thread applies it."""
+
+    puts: list[tuple[bytes, bytes]]
+    deletes: list[bytes]
+    count: int  # messages on disk after it, before any drop
+    drop: int  # unclaimed messages to drop first (dropOldest)
+    next_seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +91,9 @@ class _Applied:
 
 
 def envelope_time(value: bytes) -> float | None:
+    """The wall-clock time of the first message a stored value holds."""
     try:
-        return datetime.fromisoformat(orjson.loads(value)["time"]).timestamp()
+        return datetime.fromisoformat(orjson.loads(first_member(value))["time"]).timestamp()
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
 
@@ -94,10 +105,15 @@ class MessageQueue:
         max_messages: int,
         drop_oldest: bool = False,
         on_commit: Callable[[int, float, int], None] | None = None,
+        group_messages: int = 1,
+        group_bytes: int = 1 << 20,
     ) -> None:
+        """``group_messages`` and ``group_bytes`` bound a stored group; keep them within a forwarded batch, which
+        takes whole groups."""
         self.path = path
         self.max_messages = max_messages
         self.drop_oldest = drop_oldest
+        self._group_limits = (group_messages, group_bytes)
         self._on_commit = on_commit
         self._db: plyvel.DB | None = None
         self._broken = False
@@ -117,8 +133,10 @@ class MessageQueue:
         self.head_time: float | None = None
         self.last_error: str | None = None
         self._puts: list[tuple[bytes, bytes]] = []
+        self._put_messages = 0  # in _puts
         self._put_waiters: list[asyncio.Future[None]] = []
         self._deletes: list[bytes] = []
+        self._delete_messages = 0  # held by the values of _deletes
         self._delete_waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._data = asyncio.Event()  # set whenever new messages become claimable
@@ -144,17 +162,17 @@ class MessageQueue:
         first = next(self._db.iterator(start=MESSAGE_PREFIX, stop=MESSAGES_END), None)
         if first is not None:
             self._floor = first[0]
-        last = next(self._db.iterator(start=MESSAGE_PREFIX, stop=MESSAGES_END, reverse=True, include_value=False), None)
+        last = next(self._db.iterator(start=MESSAGE_PREFIX, stop=MESSAGES_END, reverse=True), None)
         stored_count = self._db.get(COUNT_KEY)
         if stored_count is not None and not self._lenient:
             count = int.from_bytes(stored_count, "big")
         else:
-            # A queue written before the count was kept, or one opened past damaged records: count the keys.
-            count = sum(1 for _ in self._db.iterator(start=MESSAGE_PREFIX, stop=MESSAGES_END, include_value=False))
+            # A queue written before the count was kept, or one opened past damaged records: count the messages.
+            count = sum(member_count(value) for _, value in self._db.iterator(start=MESSAGE_PREFIX, stop=MESSAGES_END))
         stored = self._db.get(NEXT_SEQ_KEY)
         next_seq = max(
             int.from_bytes(stored, "big") if stored else 1,
-            key_seq(last) + 1 if last else 1,
+            key_seq(last[0]) + member_count(last[1]) if last else 1,
         )
         return count, envelope_time(first[1]) if first else None, next_seq
 
@@ -195,16 +213,17 @@ class MessageQueue:
         """The first of ``count`` new sequence numbers, or :class:`QueueFull` under the reject policy."""
         if self._closing:
             raise StoreError("the receiver is shutting down")
-        if not self.drop_oldest and self.count + self._committing + len(self._puts) + count > self.max_messages:
+        if not self.drop_oldest and self.count + self._committing + self._put_messages + count > self.max_messages:
             raise QueueFull(f"the queue holds {self.count} of at most {self.max_messages} messages")
         first = self._next_seq
         self._next_seq += count
         return first
 
-    async def append(self, entries: list[tuple[int, bytes]]) -> None:
-        """Store ``(seq, envelope)`` pairs; returns once they are fsync'd, all or none."""
+    async def append(self, first_seq: int, envelopes: list[bytes]) -> None:
+        """Store envelopes numbered from ``first_seq`` (reserved); returns once they are fsync'd, all or none."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._puts.extend((message_key(seq), value) for seq, value in entries)
+        self._puts.extend(group_entries(first_seq, envelopes, *self._group_limits))
+        self._put_messages += len(envelopes)
         self._put_waiters.append(future)
         self._wake.set()
         await future
@@ -231,20 +250,22 @@ class MessageQueue:
         nbytes = 0
         more = False
         for key, value in self._db.iterator(start=message_key(self._cursor + 1), stop=MESSAGES_END):
-            if keys and (len(keys) >= max_messages or nbytes + len(value) > max_bytes):
+            members = group_members(value)
+            if keys and (len(values) + len(members) > max_messages or nbytes + len(value) > max_bytes):
                 more = True
                 break
             keys.append(key)
-            values.append(value)
+            values.extend(members)
             nbytes += len(value)
-        if keys:
-            self._cursor = key_seq(keys[-1])
+            self._cursor = key_seq(key) + len(members) - 1
         return Claim(keys, values, more)
 
-    async def remove(self, keys: list[bytes]) -> None:
-        """Delete acknowledged messages (with fsync, in the next group commit)."""
+    async def remove(self, claims: list[Claim]) -> None:
+        """Delete acknowledged claims (with fsync, in the next group commit)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._deletes.extend(keys)
+        for claim in claims:
+            self._deletes.extend(claim.keys)
+            self._delete_messages += claim.size
         self._delete_waiters.append(future)
         self._wake.set()
         await future
@@ -267,19 +288,20 @@ class MessageQueue:
                 if self._broken and not self._puts and not self._deletes and not self._closing:
                     await self._try_reopen()
                 continue
-            puts, put_waiters = self._puts, self._put_waiters
-            deletes, delete_waiters = self._deletes, self._delete_waiters
+            puts, put_waiters, added = self._puts, self._put_waiters, self._put_messages
+            deletes, delete_waiters, deleted = self._deletes, self._delete_waiters, self._delete_messages
             self._puts, self._put_waiters, self._deletes, self._delete_waiters = [], [], [], []
-            self._committing = len(puts)
-            overflow = self.count + len(puts) - len(deletes) - self.max_messages
+            self._put_messages = self._delete_messages = 0
+            self._committing = added
+            overflow = self.count + added - deleted - self.max_messages
             drop = min(max(0, overflow), self.unclaimed) if self.drop_oldest and puts else 0
-            next_seq = self._next_seq
+            change = _Change(puts, deletes, self.count + added - deleted, drop, self._next_seq)
             started = time.perf_counter()
             try:
-                applied = await loop.run_in_executor(self._executor, self._apply, puts, deletes, drop, next_seq)
+                applied = await loop.run_in_executor(self._executor, self._apply, change)
             except Exception as exc:  # plyvel.Error, OSError: nothing of this batch is stored
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("queue write failed", extra={"error": self.last_error, "messages": len(puts)})
+                log.error("queue write failed", extra={"error": self.last_error, "messages": added})
                 error = StoreError(self.last_error)
                 self._committing = 0
                 for future in (*put_waiters, *delete_waiters):
@@ -287,9 +309,9 @@ class MessageQueue:
                         future.set_exception(error)
                 continue
             self._committing = 0  # no await until _account: nothing can reserve in between
-            self._account(len(puts), len(deletes), applied, puts)
+            self._account(added, deleted, applied, puts)
             if self._on_commit is not None:
-                self._on_commit(len(puts), time.perf_counter() - started, applied.dropped)
+                self._on_commit(added, time.perf_counter() - started, applied.dropped)
             for future in (*put_waiters, *delete_waiters):
                 if not future.done():
                     future.set_result(None)
@@ -308,7 +330,7 @@ class MessageQueue:
         if added:
             self._data.set()
 
-    def _apply(self, puts: list[tuple[bytes, bytes]], deletes: list[bytes], drop: int, next_seq: int) -> _Applied:
+    def _apply(self, change: _Change) -> _Applied:
         if self._broken or self._db is None:
             self._reopen()
         db = self._db
@@ -316,30 +338,31 @@ class MessageQueue:
         dropped = 0
         try:
             with db.write_batch(sync=True) as batch:
-                for key in deletes:
+                for key in change.deletes:
                     batch.delete(key)
-                if drop:
-                    # The oldest messages the forwarder has not claimed: claimed ones are being sent.
-                    for key in db.iterator(start=message_key(self._cursor + 1), stop=MESSAGES_END, include_value=False):
+                if change.drop:
+                    # The oldest messages the forwarder has not claimed: claimed ones are being sent. Whole
+                    # groups go, so a few more than needed may.
+                    for key, value in db.iterator(start=message_key(self._cursor + 1), stop=MESSAGES_END):
                         batch.delete(key)
-                        dropped += 1
-                        if dropped >= drop:
+                        dropped += member_count(value)
+                        if dropped >= change.drop:
                             break
-                for key, value in puts:
+                for key, value in change.puts:
                     batch.put(key, value)
-                if puts:
-                    batch.put(NEXT_SEQ_KEY, next_seq.to_bytes(8, "big"))
+                if change.puts:
+                    batch.put(NEXT_SEQ_KEY, change.next_seq.to_bytes(8, "big"))
                 # Claimed keys (deletes) and unclaimed ones (drops) never overlap, and every delete exists.
-                batch.put(COUNT_KEY, (self.count + len(puts) - len(deletes) - dropped).to_bytes(8, "big"))
+                batch.put(COUNT_KEY, (change.count - dropped).to_bytes(8, "big"))
         except Exception:
             # LevelDB keeps a failed write's error and refuses all later writes; reopen before the next one.
             self._broken = True
             raise
-        if deletes:
+        if change.deletes:
             # Deletes come in claim order, oldest first, so everything up to the newest of them is gone.
-            self._floor = max(self._floor, message_key(key_seq(max(deletes)) + 1))
+            self._floor = max(self._floor, message_key(key_seq(max(change.deletes)) + 1))
         head_time: float | None = None
-        if deletes or dropped:
+        if change.deletes or dropped:
             for _, value in db.iterator(start=self._floor, stop=MESSAGES_END):
                 head_time = envelope_time(value)
                 break
