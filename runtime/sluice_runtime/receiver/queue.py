@@ -45,7 +45,7 @@ from sluice_runtime.receiver.stored import (
 log = logging.getLogger("sluice.receiver.queue")
 
 NEXT_SEQ_KEY = b"s:next"
-# The number of message keys, written in the same atomic batch as every change to them, so that
+# The number of messages, written in the same atomic batch as every change to them, so that
 # opening a long queue reads two keys instead of every message.
 COUNT_KEY = b"s:count"
 # A larger memtable than LevelDB's 4 MiB means fewer level-0 files and fewer write stalls under
@@ -231,7 +231,8 @@ class MessageQueue:
     # -- forwarding --------------------------------------------------------------------------
 
     async def claim(self, max_messages: int, max_bytes: int) -> Claim:
-        """The next messages past the cursor, in key order, within both limits (at least one if any)."""
+        """The next messages past the cursor, in key order, within both limits. Stored values go whole, and at
+        least one goes if any is there: a group stored under larger limits than today's still goes in one batch."""
         loop = asyncio.get_running_loop()
         claim = await loop.run_in_executor(self._executor, self._claim, max_messages, max_bytes)
         self.unclaimed -= claim.size

@@ -4,12 +4,12 @@ Keys are ``b"m" + seq`` as 8 big-endian bytes, so key order is arrival order.
 
 A value holds one envelope, or a *group*: envelopes of one request with consecutive ``seq``, keyed
 by the first. LevelDB's cost is largely per entry (each is written, compacted and deleted on its
-own): storing an NDJSON request's messages as a few entries instead of one each took the
-receiver's CPU from about 15 to about 10.5 µs a message over a burst of 600,000. A group is a newline followed by its envelopes, one per
-line: an envelope starts with ``{``, and those of NDJSON lines hold no newline (an envelope that
-does, a pretty-printed single message, is stored alone). Single envelopes, as earlier versions
-stored them, read as groups of one; a queue written with groups cannot be read by a version
-without them.
+own): storing an NDJSON request's messages as a few entries instead of one each took the receiver's
+CPU from about 15 to about 10.5 µs a message over a burst of 600,000. A group is a newline followed
+by its envelopes, one per line: an envelope starts with ``{``, and those of NDJSON lines hold no
+newline (an envelope that does, a pretty-printed single message, is stored alone). Single envelopes,
+as earlier versions stored them, read as groups of one; a queue written with groups cannot be read
+by a version without them.
 """
 
 from __future__ import annotations
