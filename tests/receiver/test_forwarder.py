@@ -54,43 +54,34 @@ async def drain(client: TestClient) -> None:
     await eventually(drained, what="the receiver's queue to drain")
 
 
-async def test_backlog_goes_back_to_back_in_order_in_full_batches(tmp_path: Path) -> None:
-    out = tmp_path / "out"
+# A request's messages are stored in groups of at most 250, and a batch takes whole groups: 300 is no multiple of
+# 250, and groups of 150 fill its batches all the same.
+@pytest.mark.parametrize(("batch_size", "request_size", "requests"), [(500, 1000, 10), (300, 900, 3)])
+async def test_backlog_goes_back_to_back_in_order_in_full_batches(
+    tmp_path: Path, batch_size: int, request_size: int, requests: int
+) -> None:
+    out, total = tmp_path / "out", request_size * requests
     async with running_publisher(publisher_settings(out)) as publisher:
         # maxWait is an hour: draining at all shows that a backlog never waits for it. One batch in flight:
         # with more, a later batch may land before an earlier one (the queue still deletes in order).
-        batch = {"maxMessages": 500, "maxWait": "1h", "maxInFlight": 1}
+        batch = {"maxMessages": batch_size, "maxWait": "1h", "maxInFlight": 1}
         async with running_receiver(settings(tmp_path / "q", forwardUrl=url_of(publisher), batch=batch)) as client:
-            for chunk in range(10):
-                assert (await client.post("/rx/p/k/l", data=lines(1000, chunk * 1000), headers=NDJSON)).status == 200
+            for chunk in range(requests):
+                body = lines(request_size, chunk * request_size)
+                assert (await client.post("/rx/p/k/l", data=body, headers=NDJSON)).status == 200
             await drain(client)
             claimed = (await status_of(client))["batchesClaimed"]
         published = await status_of(publisher)
         metrics = await (await publisher.get("/metrics")).text()
-    assert [payload["n"] for payload in delivered_payloads(out)] == list(range(10_000))
+    assert [payload["n"] for payload in delivered_payloads(out)] == list(range(total))
     assert claimed["maxWait"] == 0
-    # 20 batches for 10,000 documents, none larger than 500: every one of them full.
-    assert published["batches"]["ok"] == 20
-    assert published["largestBatchSize"] == published["lastBatchSize"] == 500
-    assert published["documents"]["indexed"] == 10_000
+    # As many batches as full ones would make, none larger than the limit: every one of them full.
+    assert published["batches"]["ok"] == total // batch_size
+    assert published["largestBatchSize"] == published["lastBatchSize"] == batch_size
+    assert published["documents"]["indexed"] == total
     assert metric_sum(metrics, "sluice_publisher_batch_documents_bucket", le="100.0") == 0
-    assert metric_sum(metrics, "sluice_publisher_batch_documents_bucket", le="500.0") == 20
-    assert metric_sum(metrics, "sluice_publisher_batch_documents_sum") == 10_000
-
-
-async def test_batches_fill_up_with_requests_stored_as_groups(tmp_path: Path) -> None:
-    # 300 is no multiple of the most a group holds (250): groups of 150 make full batches all the same.
-    out = tmp_path / "out"
-    async with running_publisher(publisher_settings(out)) as publisher:
-        batch = {"maxMessages": 300, "maxWait": "1h", "maxInFlight": 1}
-        async with running_receiver(settings(tmp_path / "q", forwardUrl=url_of(publisher), batch=batch)) as client:
-            for chunk in range(3):
-                assert (await client.post("/rx/p/k/l", data=lines(900, chunk * 900), headers=NDJSON)).status == 200
-            await drain(client)
-        published = await status_of(publisher)
-    assert [payload["n"] for payload in delivered_payloads(out)] == list(range(2700))
-    assert published["batches"]["ok"] == 9
-    assert published["largestBatchSize"] == published["lastBatchSize"] == 300
+    assert metric_sum(metrics, "sluice_publisher_batch_documents_bucket", le="500.0") == total // batch_size
+    assert metric_sum(metrics, "sluice_publisher_batch_documents_sum") == total
 
 
 async def test_a_partial_batch_goes_whole_once_max_wait_has_passed(tmp_path: Path) -> None:
