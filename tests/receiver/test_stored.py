@@ -5,8 +5,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from sluice_runtime.common.envelope import encode_batch
 from sluice_runtime.receiver.stored import (
     MOST_GROUP_MESSAGES,
+    comma_joined,
     first_member,
     group_entries,
     group_members,
@@ -46,6 +48,15 @@ def test_an_envelope_holding_a_newline_is_stored_alone_and_read_back_whole() -> 
     stored = group_entries(1, envelopes, 10, 1 << 20)
     assert unpack(stored) == [(1, [envelope(1)]), (2, [pretty]), (3, [envelope(3), envelope(4)])]
     assert orjson.loads(group_members(stored[1][1])[0])["payload"] == {"t": 1, "u": 2}
+
+
+def test_stored_values_go_into_a_batch_as_their_envelopes() -> None:
+    pretty = envelope(3, b'{\n  "t": 3\n}')
+    envelopes = [envelope(1), envelope(2), pretty, *(envelope(seq) for seq in range(4, 9))]
+    stored = group_entries(1, envelopes, 3, 1 << 20)
+    batch = orjson.loads(encode_batch([comma_joined(value) for _, value in stored], len(envelopes)))
+    assert batch["size"] == len(batch["messages"]) == 8
+    assert batch["messages"] == [orjson.loads(member) for member in envelopes]
 
 
 def test_a_group_stays_within_the_byte_limit() -> None:

@@ -58,7 +58,8 @@ def make_envelope(seq: int, producer: str, key: str, label: str, payload: Any, t
     )
 
 
-def encode_batch(messages: list[bytes]) -> bytes:
-    """A batch body from already-encoded envelopes, without decoding them again."""
-    head = orjson.dumps({"uuid": str(uuidlib.uuid4()), "size": len(messages)})
+def encode_batch(messages: list[bytes], size: int | None = None) -> bytes:
+    """A batch body from already-encoded envelopes, without decoding them again. An item may be several
+    envelopes already joined by commas; ``size`` then counts the envelopes."""
+    head = orjson.dumps({"uuid": str(uuidlib.uuid4()), "size": len(messages) if size is None else size})
     return head[:-1] + b',"messages":[' + b",".join(messages) + b"]}"

@@ -179,7 +179,7 @@ class Forwarder:
             self.metrics.batches_claimed.labels(reason).inc()
             full_backlog = claim.more
             pending_since = now if self.queue.unclaimed > 0 else None
-            slot = _Slot(claim, encode_batch(claim.values))
+            slot = _Slot(claim, encode_batch(claim.batch_items(), claim.size))
             slot.task = asyncio.create_task(self._deliver(slot), name="sluice-forward-batch")
             self._window.append(slot)
 

@@ -34,9 +34,9 @@ import plyvel
 from sluice_runtime.receiver.stored import (
     MESSAGE_PREFIX,
     MESSAGES_END,
+    comma_joined,
     first_member,
     group_entries,
-    group_members,
     key_seq,
     member_count,
     message_key,
@@ -65,12 +65,13 @@ class StoreError(Exception):
 @dataclass(frozen=True, slots=True)
 class Claim:
     keys: list[bytes]  # of the stored values, to remove them once acknowledged
-    values: list[bytes]  # the envelopes they hold, oldest first
+    values: list[bytes]  # as stored, oldest first: single envelopes or groups
+    size: int = 0  # messages the values hold
     more: bool = False  # stopped at a limit with more messages behind it
 
-    @property
-    def size(self) -> int:
-        return len(self.values)
+    def batch_items(self) -> list[bytes]:
+        """The values as items of a batch's ``messages`` array, each holding one or more envelopes."""
+        return [comma_joined(value) for value in self.values]
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,16 +251,18 @@ class MessageQueue:
         values: list[bytes] = []
         nbytes = 0
         more = False
+        size = 0
         for key, value in self._db.iterator(start=message_key(self._cursor + 1), stop=MESSAGES_END):
-            members = group_members(value)
-            if keys and (len(values) + len(members) > max_messages or nbytes + len(value) > max_bytes):
+            members = member_count(value)
+            if keys and (size + members > max_messages or nbytes + len(value) > max_bytes):
                 more = True
                 break
             keys.append(key)
-            values.extend(members)
+            values.append(value)
+            size += members
             nbytes += len(value)
-            self._cursor = key_seq(key) + len(members) - 1
-        return Claim(keys, values, more)
+            self._cursor = key_seq(key) + members - 1
+        return Claim(keys, values, size, more)
 
     async def remove(self, claims: list[Claim]) -> None:
         """Delete acknowledged claims (with fsync, in the next group commit)."""
