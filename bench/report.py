@@ -16,6 +16,18 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return round(numerator / denominator, 3) if denominator else None
 
 
+def _end_to_end_ratios(pair: dict[str, Any], suffix: str) -> dict[str, float | None]:
+    """End to end over the direct ``_bulk`` of the same documents: timed until searchable, and until the engine
+    acknowledged the last document."""
+    end_to_end, ceiling = pair["endToEnd"], pair["directBulkSearchable"]
+    return {
+        f"endToEndToDirectBulk{suffix}": _ratio(end_to_end["perSecond"], ceiling["perSecond"]),
+        f"endToEndAcknowledgedToDirectBulk{suffix}": _ratio(
+            end_to_end["acknowledgedPerSecond"], ceiling["acknowledgedPerSecond"]
+        ),
+    }
+
+
 def runtime_ratios(runtime: dict[str, Any]) -> dict[str, Any]:
     ceiling = runtime["directBulk"]
     current = runtime["current"]
@@ -27,21 +39,12 @@ def runtime_ratios(runtime: dict[str, Any]) -> dict[str, Any]:
         },
         "drainToDirectBulk": _ratio(current["drainToEngine"]["perSecond"], ceiling[largest]["perSecond"]),
         # Against the same documents sent straight to _bulk in turns with it, both timed until searchable.
-        "endToEndToDirectBulk": _ratio(current["endToEnd"]["perSecond"], current["directBulkSearchable"]["perSecond"]),
-        # The same pairs timed to the engine's acknowledgement of the last document instead.
-        "endToEndAcknowledgedToDirectBulk": _ratio(
-            current["endToEnd"]["acknowledgedPerSecond"], current["directBulkSearchable"]["acknowledgedPerSecond"]
-        ),
+        **_end_to_end_ratios(current, ""),
     }
     apart = current.get("engineApart")
     if apart:
         # The same pairs with the engine on CPUs of its own, as it has nodes of its own in a cluster.
-        out["endToEndToDirectBulkEngineApart"] = _ratio(
-            apart["endToEnd"]["perSecond"], apart["directBulkSearchable"]["perSecond"]
-        )
-        out["endToEndAcknowledgedToDirectBulkEngineApart"] = _ratio(
-            apart["endToEnd"]["acknowledgedPerSecond"], apart["directBulkSearchable"]["acknowledgedPerSecond"]
-        )
+        out.update(_end_to_end_ratios(apart, "EngineApart"))
     if previous:
         out["currentToPrevious"] = {
             "publisherIn": {
