@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient
 
 from sluice_runtime.publisher.settings import PublisherSettings
 from sluice_runtime.receiver.settings import ReceiverSettings
-from sluice_runtime.receiver.stored import MESSAGE_PREFIX, MESSAGES_END, group_members
+from sluice_runtime.receiver.stored import GROUP_TAG, MESSAGE_PREFIX, MESSAGES_END
 from tests.support.engines import SearchEngine
 from tests.support.observe import http_ok
 from tests.support.procs import ManagedProcess, free_port
@@ -103,6 +103,12 @@ def delivered_payloads(out_dir: Path) -> list[Any]:
     return [line["_source"]["rxtxMsg"]["payload"] for line in delivered(out_dir)]
 
 
+def stored_members(value: bytes) -> list[bytes]:
+    """The envelopes one stored value holds, read as the queue's format is documented (receiver/stored.py):
+    a single envelope, or a group tag followed by envelopes one per line."""
+    return value[1:].split(b"\n") if value.startswith(GROUP_TAG) else [value]
+
+
 def stored_envelopes(data_dir: Path) -> list[bytes]:
     """The envelopes in a receiver's queue, as stored, oldest first; the database must not be open elsewhere."""
     db = plyvel.DB(str(data_dir))
@@ -110,7 +116,7 @@ def stored_envelopes(data_dir: Path) -> list[bytes]:
         return [
             envelope
             for _, value in db.iterator(start=MESSAGE_PREFIX, stop=MESSAGES_END)
-            for envelope in group_members(value)
+            for envelope in stored_members(value)
         ]
     finally:
         db.close()

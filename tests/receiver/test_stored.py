@@ -11,11 +11,11 @@ from sluice_runtime.receiver.stored import (
     comma_joined,
     first_member,
     group_entries,
-    group_members,
     group_size,
     key_seq,
     member_count,
 )
+from tests.receiver.support import stored_members
 
 
 def envelope(seq: int, payload: bytes = b'{"t":1}') -> bytes:
@@ -23,7 +23,7 @@ def envelope(seq: int, payload: bytes = b'{"t":1}') -> bytes:
 
 
 def unpack(stored: list[tuple[bytes, bytes]]) -> list[tuple[int, list[bytes]]]:
-    return [(key_seq(key), group_members(value)) for key, value in stored]
+    return [(key_seq(key), stored_members(value)) for key, value in stored]
 
 
 def test_a_request_is_stored_as_groups_keyed_by_their_first_seq() -> None:
@@ -37,7 +37,7 @@ def test_a_request_is_stored_as_groups_keyed_by_their_first_seq() -> None:
 def test_a_single_message_is_stored_as_earlier_versions_stored_it() -> None:
     (stored,) = group_entries(3, [envelope(3)], MOST_GROUP_MESSAGES, 1 << 20)
     assert stored[1] == envelope(3)
-    assert group_members(stored[1]) == [envelope(3)]
+    assert stored_members(stored[1]) == [envelope(3)]
     assert member_count(stored[1]) == 1
     assert first_member(stored[1]) == envelope(3)
 
@@ -47,7 +47,7 @@ def test_an_envelope_holding_a_newline_is_stored_alone_and_read_back_whole() -> 
     envelopes = [envelope(1), pretty, envelope(3), envelope(4)]
     stored = group_entries(1, envelopes, 10, 1 << 20)
     assert unpack(stored) == [(1, [envelope(1)]), (2, [pretty]), (3, [envelope(3), envelope(4)])]
-    assert orjson.loads(group_members(stored[1][1])[0])["payload"] == {"t": 1, "u": 2}
+    assert orjson.loads(stored_members(stored[1][1])[0])["payload"] == {"t": 1, "u": 2}
 
 
 def test_stored_values_go_into_a_batch_as_their_envelopes() -> None:
@@ -63,9 +63,9 @@ def test_a_group_stays_within_the_byte_limit() -> None:
     envelopes = [envelope(seq, b'"' + b"x" * 100 + b'"') for seq in range(20)]
     limit = 3 * (len(envelopes[0]) + 1) + 1  # the tag, then three envelopes and their newlines
     stored = group_entries(0, envelopes, 100, limit)
-    assert [len(group_members(value)) for _, value in stored] == [3, 3, 3, 3, 3, 3, 2]
+    assert [len(stored_members(value)) for _, value in stored] == [3, 3, 3, 3, 3, 3, 2]
     assert all(len(value) <= limit for _, value in stored)
-    assert [member for _, value in stored for member in group_members(value)] == envelopes
+    assert [member for _, value in stored for member in stored_members(value)] == envelopes
 
 
 @pytest.mark.parametrize(

@@ -31,11 +31,6 @@ def key_seq(key: bytes) -> int:
     return int.from_bytes(key[1:], "big")
 
 
-def group_members(value: bytes) -> list[bytes]:
-    """The envelopes a stored value holds, oldest first."""
-    return value[1:].split(b"\n") if value[:1] == GROUP_TAG else [value]
-
-
 def member_count(value: bytes) -> int:
     return value.count(b"\n") if value[:1] == GROUP_TAG else 1
 
