@@ -165,10 +165,7 @@ class EnvelopeEncoder:
 
     def encode(self, seq: int, message_uuid: str, payload: bytes) -> bytes:
         before_uuid, after_uuid = self._middle
-        envelope = b"".join(
-            (b'{"seq":"', encode_seq(seq), before_uuid, message_uuid.encode(), after_uuid, payload, b"}")
-        )
-        return envelope
+        return b"".join((b'{"seq":"', encode_seq(seq), before_uuid, message_uuid.encode(), after_uuid, payload, b"}"))
 
 
 def encode_envelope(seq: int, time: str, route: Route, payload: bytes) -> tuple[str, bytes]:
