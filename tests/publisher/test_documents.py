@@ -68,6 +68,8 @@ def test_batch_becomes_rtbeat_documents_with_uuid_ids() -> None:
             "payload": {"temperature": 21.5},
         },
     }
+    # In rxtx's key order, as rtBeat wrote it.
+    assert list(orjson.loads(document.source)["rxtxMsg"]) == list(envelope)
     # The same message always yields the same document: a resend overwrites nothing and adds nothing.
     assert parse_batch(body, MONTHLY).documents == batch.documents
 

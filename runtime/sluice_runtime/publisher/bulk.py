@@ -50,8 +50,12 @@ class ItemFailure:
 
 
 def bulk_lines(document: Document) -> bytes:
-    action = orjson.dumps({"create": {"_index": document.index, "_id": document.id}})
-    return b"".join((action, b"\n", document.source, b"\n"))
+    # Formatted rather than dumped as a dict: a third of the cost, once per document.
+    return b'{"create":{"_index":%s,"_id":%s}}\n%s\n' % (
+        orjson.dumps(document.index),
+        orjson.dumps(document.id),
+        document.source,
+    )
 
 
 def make_chunks(documents: Sequence[Document], max_bytes: int) -> list[Chunk]:
