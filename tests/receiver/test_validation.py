@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import orjson
 import pytest
 
@@ -11,6 +13,7 @@ from sluice_runtime.receiver.validation import (
     Rejected,
     Route,
     body_kind,
+    check_message,
     check_route,
     encode_envelope,
     nesting_depth,
@@ -83,10 +86,15 @@ def test_unicode_names_are_fine() -> None:
         (b"null", "not null"),
         (b"42", "not a number"),
         (b'{"a": "\xff\xfe"}', "not valid UTF-8"),
+        (b'{"\xc3\x28": 1}', "not valid UTF-8"),
+        (b'{"a": "\xed\xa0\x80"}', "not valid UTF-8"),  # an encoded surrogate
+        (b'{"a": 1}{"b": 2}', "not valid JSON"),
+        (b'{"a": 1,}', "not valid JSON"),
     ],
 )
-def test_bad_bodies_are_400(body: bytes, needle: str) -> None:
-    message = rejected(400, parse_message, body, 64)
+@pytest.mark.parametrize("check", [check_message, parse_message])
+def test_bad_bodies_are_400(check: Callable[..., object], body: bytes, needle: str) -> None:
+    message = rejected(400, check, body, 64)
     assert needle in message
 
 
@@ -95,11 +103,14 @@ def test_depth_limit() -> None:
     assert nesting_depth({"a": [1, {"b": []}]}) == 4
     ok = b'{"a":' * 10 + b"1" + b"}" * 10
     assert parse_message(ok, 10)
+    check_message(ok, 10)
+    # Many brackets, little depth: accepted after the full parse measures it.
+    check_message(b'{"a":[' + b",".join([b"{}"] * 100) + b"]}", 10)
     too_deep = b'{"a":' * 11 + b"1" + b"}" * 11
-    assert "nested deeper than 10" in rejected(400, parse_message, too_deep, 10)
+    assert "nested deeper than 10" in rejected(400, check_message, too_deep, 10)
     # Far past any recursion limit: refused with a 400, not a crash.
     very_deep = b"[" * 100_000 + b"]" * 100_000
-    rejected(400, parse_message, b'{"a":' + very_deep + b"}", 64)
+    rejected(400, check_message, b'{"a":' + very_deep + b"}", 64)
 
 
 def test_ndjson_is_all_or_nothing_and_names_the_line() -> None:
@@ -107,6 +118,9 @@ def test_ndjson_is_all_or_nothing_and_names_the_line() -> None:
     assert "line 3" in rejected(400, parse_ndjson, b'{"a":1}\n{"b":2}\n[3]\n', 64)
     assert "line 2 is not valid JSON" in rejected(400, parse_ndjson, b'{"a":1}\n{oops\n', 64)
     assert "no messages" in rejected(400, parse_ndjson, b"\n \n", 64)
+    # One object split over two lines, the second also holding another: each line is checked alone.
+    assert "line 1 is not valid JSON" in rejected(400, parse_ndjson, b'{"a":\n1}{"b":2}\n', 64)
+    assert "line 2 is not valid UTF-8" in rejected(400, parse_ndjson, b'{"a":1}\n{"b":"\xff"}\n', 64)
 
 
 def test_envelope_is_rxtx_shaped_and_keeps_the_payload_text() -> None:

@@ -23,9 +23,9 @@ from sluice_runtime.receiver.validation import (
     EnvelopeEncoder,
     Rejected,
     body_kind,
+    check_message,
     check_route,
     new_uuids,
-    parse_message,
     parse_ndjson,
 )
 
@@ -95,7 +95,7 @@ class Intake:
         if kind == "json":
             if not body.strip():
                 raise Rejected(400, "the body is empty; send one JSON object")
-            parse_message(body, self.settings.max_depth)
+            check_message(body, self.settings.max_depth)
             payloads = [body]
         else:
             payloads = parse_ndjson(body, self.settings.max_depth)
