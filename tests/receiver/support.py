@@ -32,6 +32,7 @@ from tests.support.procs import ManagedProcess, free_port
 # The `sluice` command as its console script runs it.
 RECEIVER_ARGV = [sys.executable, "-m", "sluice_runtime", "receiver"]
 PUBLISHER_ARGV = [sys.executable, "-m", "sluice_runtime", "publisher"]
+RUN_ARGV = [sys.executable, "-m", "sluice_runtime", "run"]
 
 
 def http_get_json(url: str, timeout: float = 2.0) -> Any:
@@ -73,6 +74,13 @@ def publisher_process(out_dir: Path, log: Path, *extra: str, port: int = 0) -> S
     if "--es-url" not in extra:
         argv += ["--out-dir", str(out_dir)]
     return Service(ManagedProcess("publisher", argv, log, env={"SLUICE_CONFIG": ""}), port)
+
+
+def run_process(data_dir: Path, log: Path, *extra: str, port: int = 0) -> Service:
+    """``sluice run``: receiver and publisher in one process; only the receiver listens."""
+    port = port or free_port()
+    argv = [*RUN_ARGV, "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir), *extra]
+    return Service(ManagedProcess("run", argv, log, env={"SLUICE_CONFIG": ""}), port)
 
 
 def delivered(out_dir: Path) -> list[dict[str, Any]]:

@@ -7,7 +7,8 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from sluice_runtime.receiver.forwarder import backoff_delay, batch_due_reason, parse_retry_after
+from sluice_runtime.receiver.forwarder import backoff_delay, batch_due_reason
+from sluice_runtime.receiver.outlet import parse_retry_after
 from sluice_runtime.receiver.settings import forward_endpoint
 from sluice_runtime.receiver.validation import (
     Rejected,

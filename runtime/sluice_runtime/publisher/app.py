@@ -44,16 +44,26 @@ class Publisher:
         self._largest_batch_size = 0
 
     async def handle_in(self, request: web.Request) -> web.Response:
-        started = time.perf_counter()
         if self._tokens is not None and not self._tokens.allows(request.headers.get("Authorization")):
             self._count("unauthorized")
             return error_response(401, "a valid bearer token is required (Authorization: Bearer <token>)")
-        body = await request.read()
+        try:
+            answer = await self.publish(await request.read())
+        except BatchError as exc:
+            return error_response(400, f"malformed batch: {exc}")
+        except DeliveryFailed as exc:
+            return error_response(503, str(exc), headers={"Retry-After": str(exc.retry_after)})
+        return json_response(answer)
+
+    async def publish(self, body: bytes) -> Mapping[str, Any]:
+        """Index one rxtx batch and return what its answer reports. Raises :class:`BatchError` for a batch
+        that cannot be indexed as sent, and :class:`DeliveryFailed` when it should be sent again later."""
+        started = time.perf_counter()
         try:
             batch = parse_batch(body, self._index)
-        except BatchError as exc:
+        except BatchError:
             self._count("invalid")
-            return error_response(400, f"malformed batch: {exc}")
+            raise
         self._in_flight += 1
         self._max_in_flight = max(self._max_in_flight, self._in_flight)
         self._metrics.batches_in_flight.inc()
@@ -62,9 +72,7 @@ class Publisher:
         except DeliveryFailed as exc:
             self._count("unavailable")
             log.warning("batch %s not stored: %s", batch.uuid, exc)
-            return error_response(
-                503, f"batch {batch.uuid} not stored: {exc}", headers={"Retry-After": str(exc.retry_after)}
-            )
+            raise DeliveryFailed(f"batch {batch.uuid} not stored: {exc}", exc.retry_after) from None
         finally:
             self._in_flight -= 1
             self._metrics.batches_in_flight.dec()
@@ -77,16 +85,14 @@ class Publisher:
         self._totals.indexed += delivery.indexed
         self._totals.duplicates += delivery.duplicates
         self._totals.dead_lettered += delivery.dead_lettered
-        return json_response(
-            {
-                "status": "OK",
-                "uuid": batch.uuid,
-                "size": size,
-                "indexed": delivery.indexed,
-                "duplicates": delivery.duplicates,
-                "deadLettered": delivery.dead_lettered,
-            }
-        )
+        return {
+            "status": "OK",
+            "uuid": batch.uuid,
+            "size": size,
+            "indexed": delivery.indexed,
+            "duplicates": delivery.duplicates,
+            "deadLettered": delivery.dead_lettered,
+        }
 
     def _count(self, result: str) -> None:
         self._batches[result] += 1
@@ -117,6 +123,15 @@ def build_sink(settings: PublisherSettings, metrics: PublisherMetrics) -> Sink:
     return FileSink(settings.output)
 
 
+def build_publisher(settings: PublisherSettings, registry: CollectorRegistry) -> Publisher:
+    """A publisher and its output, not yet started: ``sink.start()`` and ``sink.close()`` are the caller's.
+
+    Raises :class:`~sluice_runtime.common.config.ConfigError` for unusable settings."""
+    metrics = PublisherMetrics(registry)
+    tokens = open_token_file(settings.auth, "publisher.auth")
+    return Publisher(settings, build_sink(settings, metrics), metrics, tokens)
+
+
 def build_app(settings: PublisherSettings, registry: CollectorRegistry | None = None) -> web.Application:
     """The publisher as an aiohttp application; its output starts and stops with the application.
 
@@ -124,9 +139,7 @@ def build_app(settings: PublisherSettings, registry: CollectorRegistry | None = 
     (for a fields file or template the engine refuses) when the application starts.
     """
     registry = registry or CollectorRegistry()
-    metrics = PublisherMetrics(registry)
-    tokens = open_token_file(settings.auth, "publisher.auth")
-    publisher = Publisher(settings, build_sink(settings, metrics), metrics, tokens)
+    publisher = build_publisher(settings, registry)
     app = web.Application(client_max_size=settings.max_request_bytes)
     app.router.add_post("/in", publisher.handle_in)
     add_observability_routes(app, registry, "publisher", publisher.sink.ready, publisher.status)

@@ -24,6 +24,7 @@ from sluice_runtime.common.tokens import open_token_file, read_first_token
 from sluice_runtime.receiver.forwarder import Forwarder
 from sluice_runtime.receiver.intake import ROUTES, Intake
 from sluice_runtime.receiver.metrics import ReceiverMetrics
+from sluice_runtime.receiver.outlet import HttpOutlet, Outlet
 from sluice_runtime.receiver.queue import MessageQueue
 from sluice_runtime.receiver.settings import ReceiverSettings
 from sluice_runtime.receiver.stored import group_size
@@ -34,7 +35,7 @@ log = logging.getLogger("sluice.receiver")
 class Receiver:
     """The parts of one receiver, and its readiness and status reports."""
 
-    def __init__(self, settings: ReceiverSettings, metrics: ReceiverMetrics) -> None:
+    def __init__(self, settings: ReceiverSettings, metrics: ReceiverMetrics, outlet: Outlet | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.queue = MessageQueue(
@@ -51,16 +52,16 @@ class Receiver:
                 read_first_token(settings.forward_token_file)
             except (OSError, UnicodeDecodeError, ValueError) as exc:
                 raise ConfigError(f"receiver.forwardTokenFile: {exc}") from None
-        self.forwarder = Forwarder(
-            self.queue,
-            settings.forward_endpoint,
-            settings.batch,
-            metrics,
-            token_file=settings.forward_token_file,
-            ssl_context=client_ssl_context(settings.forward_ca_file, "receiver.forwardCaFile")
-            if settings.forward_ca_file
-            else None,
-        )
+        if outlet is None and settings.forward_endpoint is not None:
+            outlet = HttpOutlet(
+                settings.forward_endpoint,
+                settings.batch.request_timeout,
+                token_file=settings.forward_token_file,
+                ssl_context=client_ssl_context(settings.forward_ca_file, "receiver.forwardCaFile")
+                if settings.forward_ca_file
+                else None,
+            )
+        self.forwarder = Forwarder(self.queue, outlet, settings.batch, metrics)
         self.shutting_down = False
         metrics.bind_live(lambda: self.queue.count, self.oldest_age, lambda: self.forwarder.in_flight)
 
@@ -94,7 +95,13 @@ class Receiver:
             "dropped": queue.dropped,
             "seq": format_seq(queue.next_seq - 1) if queue.next_seq > 1 else None,
             "nextSeq": queue.next_seq,
+            **self._outlet_status(),
         }
+
+    def _outlet_status(self) -> Mapping[str, Any]:
+        outlet = self.forwarder.outlet
+        report = outlet.status() if outlet is not None else None
+        return {"publisher": report} if report is not None else {}
 
 
 def _rounded(seconds: float | None) -> float | None:
@@ -105,10 +112,14 @@ def _rounded(seconds: float | None) -> float | None:
 RECEIVER_KEY: web.AppKey[Receiver] = web.AppKey("sluice_receiver", Receiver)
 
 
-def build_app(settings: ReceiverSettings, registry: CollectorRegistry | None = None) -> web.Application:
-    """The receiver as an aiohttp application. Raises ConfigError for an unreadable token or CA file."""
+def build_app(
+    settings: ReceiverSettings, registry: CollectorRegistry | None = None, outlet: Outlet | None = None
+) -> web.Application:
+    """The receiver as an aiohttp application. Raises ConfigError for an unreadable token or CA file.
+
+    Batches go to ``outlet`` when one is given, and otherwise to ``forwardUrl``."""
     registry = registry or CollectorRegistry()
-    receiver = Receiver(settings, ReceiverMetrics(registry))
+    receiver = Receiver(settings, ReceiverMetrics(registry), outlet)
     # Bodies over the limit make request.read() raise; the handler turns that into a JSON 413.
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[RECEIVER_KEY] = receiver

@@ -1,4 +1,5 @@
-"""The forwarder: sends the queue to the publisher as rxtx batches ``{uuid, size, messages}``.
+"""The forwarder: sends the queue to the publisher as rxtx batches ``{uuid, size, messages}``, through an
+:class:`Outlet`: the publisher's ``POST /in``, or a publisher in the same process (``sluice run``).
 
 Batches are claimed from the head in key order and sent back-to-back while a backlog exists; a
 partial batch waits at most ``batch.maxWait`` for company. Up to ``batch.maxInFlight`` batches
@@ -19,17 +20,13 @@ import asyncio
 import contextlib
 import logging
 import random
-import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import aiohttp
 
 from sluice_runtime.common.envelope import encode_batch
-from sluice_runtime.common.tokens import read_first_token
 from sluice_runtime.receiver.metrics import ReceiverMetrics
+from sluice_runtime.receiver.outlet import BatchNotTaken, Outlet
 from sluice_runtime.receiver.queue import Claim, MessageQueue, StoreError
 from sluice_runtime.receiver.settings import BatchSettings
 
@@ -46,15 +43,6 @@ def backoff_delay(attempt: int, initial: float, ceiling: float, retry_after: flo
     if retry_after is not None:
         delay = max(delay, min(retry_after, RETRY_AFTER_CAP))
     return delay
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date: rare from a publisher; the exponential backoff applies
 
 
 # Why a batch was claimed when it was: it was full, it is the rest of a backlog (sent back-to-back), or it is a
@@ -86,18 +74,11 @@ class _Slot:
 
 class Forwarder:
     def __init__(
-        self,
-        queue: MessageQueue,
-        endpoint: str | None,
-        settings: BatchSettings,
-        metrics: ReceiverMetrics,
-        token_file: Path | None = None,
-        ssl_context: ssl.SSLContext | None = None,
+        self, queue: MessageQueue, outlet: Outlet | None, settings: BatchSettings, metrics: ReceiverMetrics
     ) -> None:
         self.queue = queue
-        self.endpoint = endpoint
-        self._token_file = token_file
-        self._ssl = ssl_context
+        self.outlet = outlet
+        self.endpoint = outlet.description if outlet is not None else None
         self.settings = settings
         self.metrics = metrics
         self.last_error: str | None = None
@@ -108,21 +89,15 @@ class Forwarder:
         self.last_retry_delay: float | None = None
         self._window: deque[_Slot] = deque()
         self._task: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
 
     @property
     def in_flight(self) -> int:
         return sum(1 for slot in self._window if not slot.done.is_set())
 
     def start(self) -> None:
-        if self.endpoint is None:
-            log.warning("no forwardUrl: messages are queued but not forwarded")
+        if self.outlet is None:
+            log.warning("no forwardUrl: messages are queued but not forwarded (sluice run --es-url indexes in one hop)")
             return
-        timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout)
-        connector = aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, headers={"Content-Type": "application/json"}
-        )
         self._task = asyncio.create_task(self._run_forever(), name="sluice-forwarder")
 
     async def stop(self) -> None:
@@ -135,8 +110,8 @@ class Forwarder:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._session is not None:
-            await self._session.close()
+        if self.outlet is not None:
+            await self.outlet.close()
 
     async def _run_forever(self) -> None:
         # A bug here must not silently end forwarding while intake carries on filling the disk.
@@ -216,26 +191,20 @@ class Forwarder:
                 log.warning("deleting forwarded messages failed", extra={"error": str(exc)})
                 await asyncio.sleep(backoff_delay(attempt, 0.5, 10.0))
 
-    def _auth_header(self) -> dict[str, str] | None:
-        # Read per batch, not per process: a rotated Secret applies without a restart.
-        return {"Authorization": f"Bearer {read_first_token(self._token_file)}"} if self._token_file else None
-
     async def _deliver(self, slot: _Slot) -> None:
-        assert self._session is not None and self.endpoint is not None
+        assert self.outlet is not None
         attempt = 0
         started = time.perf_counter()
         while True:
             attempt += 1
-            retry_after: float | None = None
             try:
-                async with self._session.post(self.endpoint, data=slot.body, headers=self._auth_header()) as response:
-                    text = await response.read()
-                    if 200 <= response.status < 300:
-                        break
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                    error = f"HTTP {response.status} from {self.endpoint}: {text[:300].decode(errors='replace')}"
-            except Exception as exc:  # connection refused, reset, timeout, DNS...: all worth a retry
-                error = f"{type(exc).__name__} posting to {self.endpoint}: {exc}"
+                await self.outlet.send(slot.body)
+                break
+            except BatchNotTaken as exc:
+                error, retry_after = str(exc), exc.retry_after
+            except Exception as exc:  # a fault in the destination must not stall the window: it is retried too
+                log.exception("sending a batch failed")
+                error, retry_after = f"{type(exc).__name__}: {exc}", None
             self.last_error = error
             self.metrics.tx_failures.inc()
             delay = backoff_delay(attempt, self.settings.retry_initial, self.settings.retry_max, retry_after)
