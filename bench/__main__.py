@@ -19,13 +19,14 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Coroutine, Iterator
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench import cpus, loads, report
 from bench.operator import measure_operator
-from bench.processes import Running, RuntimeVersion, running_publisher, running_receiver
+from bench.processes import Running, RuntimeVersion, running_one_hop, running_publisher, running_receiver
 from sluice_runtime.receiver.settings import BatchSettings
 from tests.support import engines, provision
 from tests.support.procs import free_port, wait_until
@@ -112,8 +113,9 @@ def measure_version(
             print(f"  batch {size}: {measured.per_second:,.0f} docs/s", flush=True)
         messages = args.end_to_end_messages
         print(f"[{version.name}] end to end against direct _bulk, {messages:,} messages to searchable", flush=True)
+        two_hops = behind(publisher, version, messages)
         results["endToEnd"], results["directBulkSearchable"] = measure_end_to_end(
-            version, publisher, engine, messages, work / "shared"
+            version, two_hops, engine, messages, work / "shared"
         )
         split = cpus.split_cpus()
         if engine.process is not None and engine.process.pid is not None and split is not None:
@@ -121,13 +123,18 @@ def measure_version(
             print(f"[{version.name}] the same, the engine alone on CPUs {sorted(engine_cpus)}", flush=True)
             assert publisher.process.pid is not None
             with cpus.engine_apart(engine.process.pid, [publisher.process.pid], split):
-                apart = measure_end_to_end(version, publisher, engine, messages, work / "apart")
+                apart = measure_end_to_end(version, two_hops, engine, messages, work / "apart")
             results["engineApart"] = {
                 "pipelineCpus": sorted(pipeline_cpus),
                 "engineCpus": sorted(engine_cpus),
                 "endToEnd": apart[0],
                 "directBulkSearchable": apart[1],
             }
+        print(f"[{version.name}] one hop (sluice run --es-url) against direct _bulk", flush=True)
+        one_hop = measure_end_to_end(
+            version, in_one_process(version, engine_url, messages), engine, messages, work / "one-hop"
+        )
+        results["oneHop"] = {"endToEnd": one_hop[0], "directBulkSearchable": one_hop[1]}
         # The same queue again, now with its backlog on disk and a publisher to drain it into.
         delete_indices(engine_url, version.index_prefix + "*")
         wait_for_quiet_engine(engine_url)
@@ -169,8 +176,37 @@ def wait_for_quiet_engine(engine_url: str) -> None:
     wait_until(lambda: merges_running(engine_url) == 0, 600, "the search engine's merges to finish", interval=0.5)
 
 
+# Starts the pipeline under test with its queue in a directory: the entry point that takes the load, and its
+# processes by the name their CPU time is reported under.
+PipelineStarter = Callable[[Path], AbstractContextManager[tuple[Running, dict[str, list[int]]]]]
+
+
+def behind(publisher: Running, version: RuntimeVersion, messages: int) -> PipelineStarter:
+    """A fresh receiver forwarding to ``publisher``: two processes, two hops, as the operator deploys them."""
+
+    @contextlib.contextmanager
+    def start(work: Path) -> Iterator[tuple[Running, dict[str, list[int]]]]:
+        with running_receiver(version, publisher.url, work, messages * 2) as receiver:
+            assert receiver.process.pid is not None and publisher.process.pid is not None
+            yield receiver, {"receiver": [receiver.process.pid], "publisher": [publisher.process.pid]}
+
+    return start
+
+
+def in_one_process(version: RuntimeVersion, engine_url: str, messages: int) -> PipelineStarter:
+    """``sluice run --es-url``: receiver and publisher in one process, one hop to the engine."""
+
+    @contextlib.contextmanager
+    def start(work: Path) -> Iterator[tuple[Running, dict[str, list[int]]]]:
+        with running_one_hop(version, engine_url, work, messages * 2) as run:
+            assert run.process.pid is not None
+            yield run, {"run": [run.process.pid]}
+
+    return start
+
+
 def measure_end_to_end(
-    version: RuntimeVersion, publisher: Running, engine: engines.SearchEngine, messages: int, work: Path
+    version: RuntimeVersion, start: PipelineStarter, engine: engines.SearchEngine, messages: int, work: Path
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """From the first POST to the receiver until every message is searchable, what a client's data lives
     through; and, in turns with it, the same documents sent straight to ``_bulk`` until searchable. Each
@@ -179,7 +215,6 @@ def measure_end_to_end(
     ceiling: list[loads.Measurement] = []
     batch = RECEIVER_BATCH.max_messages
     engine_pids = cpus.process_tree(engine.process.pid) if engine.process and engine.process.pid else []
-    assert publisher.process.pid is not None
     for run in range(REPEATS):
         wait_for_quiet_engine(engine.url)
         meter = cpus.CpuMeter({"engine": engine_pids})
@@ -189,10 +224,8 @@ def measure_end_to_end(
         indices = version.index_prefix + "*"
         delete_indices(engine.url, indices)
         wait_for_quiet_engine(engine.url)
-        with running_receiver(version, publisher.url, work / f"{version.label}-e2e-{run}", messages * 2) as receiver:
-            assert receiver.process.pid is not None
-            groups = {"receiver": [receiver.process.pid], "publisher": [publisher.process.pid], "engine": engine_pids}
-            meter = cpus.CpuMeter({**groups, "client": [os.getpid()]})
+        with start(work / f"{version.label}-e2e-{run}") as (receiver, pipeline):
+            meter = cpus.CpuMeter({**pipeline, "engine": engine_pids, "client": [os.getpid()]})
             started = time.perf_counter()
             asyncio.run(loads.receiver_ndjson(receiver.url, messages, 1000, 8))
             wait_until_drained(receiver)

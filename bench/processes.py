@@ -75,3 +75,12 @@ def running_receiver(
     """A receiver whose queue lives in ``work``, so a second one started there finds the first one's backlog."""
     flags = ["--data-dir", str(work / "queue"), "--forward-url", forward_url, "--max-queue", str(max_queue)]
     return _sluice(version, "receiver", flags, work)
+
+
+def running_one_hop(
+    version: RuntimeVersion, engine_url: str, work: Path, max_queue: int
+) -> contextlib.AbstractContextManager[Running]:
+    """``sluice run --es-url``: receiver and publisher in one process, indexing into the engine."""
+    index = version.index_prefix + "%{+yyyy.MM}"
+    flags = ["--data-dir", str(work / "queue"), "--es-url", engine_url, "--index", index, "--max-queue", str(max_queue)]
+    return _sluice(version, "run", flags, work)

@@ -41,6 +41,8 @@ def runtime_ratios(runtime: dict[str, Any]) -> dict[str, Any]:
         # Against the same documents sent straight to _bulk in turns with it, both timed until searchable.
         **_end_to_end_ratios(current, ""),
     }
+    if current.get("oneHop"):
+        out.update(_end_to_end_ratios(current["oneHop"], "OneHop"))
     apart = current.get("engineApart")
     if apart:
         # The same pairs with the engine on CPUs of its own, as it has nodes of its own in a cluster.
@@ -57,6 +59,10 @@ def runtime_ratios(runtime: dict[str, Any]) -> dict[str, Any]:
                 if key in previous
             },
         }
+        if current.get("oneHop") and previous.get("oneHop"):
+            out["currentToPrevious"]["endToEndOneHop"] = _ratio(
+                current["oneHop"]["endToEnd"]["perSecond"], previous["oneHop"]["endToEnd"]["perSecond"]
+            )
         if apart and previous.get("engineApart"):
             out["currentToPrevious"]["endToEndEngineApart"] = _ratio(
                 apart["endToEnd"]["perSecond"], previous["engineApart"]["endToEnd"]["perSecond"]
