@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 import threading
 from datetime import datetime
 from pathlib import Path
@@ -13,7 +15,8 @@ import plyvel
 import pytest
 
 from sluice_runtime.common.envelope import format_seq, make_envelope
-from sluice_runtime.receiver.queue import COUNT_KEY, NEXT_SEQ_KEY, MessageQueue, QueueFull
+from sluice_runtime.receiver import queue as queue_module
+from sluice_runtime.receiver.queue import COUNT_KEY, COUNTED_KEY, NEXT_SEQ_KEY, MessageQueue, QueueFull
 from sluice_runtime.receiver.stored import message_key
 from tests.receiver.support import delivered, eventually, publisher_settings, settings, status_of, stored_envelopes
 from tests.support.inprocess import running_publisher, running_receiver
@@ -112,7 +115,7 @@ async def test_backlog_survives_a_restart_with_or_without_the_stored_count(tmp_p
     # A queue written before the count was kept: the receiver counts the messages instead. Without the stored
     # next seq as well, it numbers on from the last message of the newest group (the 40 are one).
     db = plyvel.DB(str(data))
-    db.delete(COUNT_KEY, sync=True)
+    db.delete(COUNTED_KEY, sync=True)
     db.delete(NEXT_SEQ_KEY, sync=True)
     db.close()
     async with running_receiver(settings(data, queue={"maxMessages": 100})) as client:
@@ -383,3 +386,78 @@ async def test_a_stalled_body_gets_408_and_frees_the_connection(tmp_path: Path) 
         writer.close()
         assert status_line.startswith(b"HTTP/1.1 408"), status_line
         assert (await status_of(client))["backlog"] == 0
+
+
+# Run in a child process that the test then kills: whatever it committed is all that survives.
+_ACKNOWLEDGE_THEN_DIE = """
+import asyncio, sys
+from pathlib import Path
+from sluice_runtime.receiver.queue import MessageQueue
+
+async def main() -> None:
+    queue = MessageQueue(Path(sys.argv[1]), max_messages=100, group_messages=250)
+    await queue.open()
+    for count in (4, 6):  # two requests
+        await queue.append(queue.reserve(count), [b'{"n":%d}' % n for n in range(count)])
+    await queue.remove([await queue.claim(4, 1 << 20)])
+    print(queue.count, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_acknowledged_messages_leave_the_count_at_once_and_the_disk_in_bulk(tmp_path: Path) -> None:
+    queue = MessageQueue(tmp_path / "q", max_messages=100, group_messages=250)
+    await queue.open()
+    for count in (4, 6):
+        await queue.append(queue.reserve(count), [b'{"n":%d}' % n for n in range(count)])
+    await queue.remove([await queue.claim(4, 1 << 20)])
+    assert queue.count == 6
+    await queue.remove([await queue.claim(6, 1 << 20)])
+    assert queue.count == 0
+    await queue.append(queue.reserve(2), [b'{"n":0}', b'{"n":1}'])
+    await queue.close()
+    # Once the queue emptied, all 10 acknowledged messages were deleted in one write.
+    assert len(stored_envelopes(tmp_path / "q")) == 2
+
+
+async def test_a_crash_before_the_bulk_delete_sends_the_acknowledged_messages_again(tmp_path: Path) -> None:
+    data = tmp_path / "q"
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _ACKNOWLEDGE_THEN_DIE, str(data), stdout=asyncio.subprocess.PIPE
+    )
+    assert child.stdout is not None
+    assert (await child.stdout.readline()).strip() == b"6"  # 4 of the 10 acknowledged
+    child.send_signal(signal.SIGKILL)
+    await child.wait()
+    assert len(stored_envelopes(data)) == 10
+    queue = MessageQueue(data, max_messages=100, group_messages=250)
+    await queue.open()
+    # Never lost: the 4 come back and go again (their _id makes the repeat harmless); the count is exact.
+    assert queue.count == 10
+    assert queue.next_seq == 11
+    await queue.remove([await queue.claim(100, 1 << 20)])
+    assert queue.count == 0
+    await queue.close()
+    assert stored_envelopes(data) == []
+
+
+async def test_acknowledged_messages_are_deleted_once_they_hold_enough_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(queue_module, "DELETE_BATCH_BYTES", 20)
+    queue = MessageQueue(tmp_path / "q", max_messages=100)
+    await queue.open()
+    await queue.append(queue.reserve(5), [b'{"n":%d}' % n for n in range(5)])
+    await queue.remove([await queue.claim(2, 1 << 20)])  # 14 bytes: kept
+    await queue.remove([await queue.claim(1, 1 << 20)])  # 21 bytes: deleted with the next commit
+    await queue.append(queue.reserve(1), [b'{"n":5}'])
+    assert queue.count == 3
+    # A crash now would resend nothing: the count stored with the deletes is exact for what stays.
+    await asyncio.get_running_loop().run_in_executor(queue._executor, queue._close_db)
+    reopened = MessageQueue(tmp_path / "q", max_messages=100)
+    await reopened.open()
+    assert reopened.count == 3
+    await reopened.close()
+    assert [orjson.loads(envelope)["n"] for envelope in stored_envelopes(tmp_path / "q")] == [3, 4, 5]
