@@ -1,8 +1,8 @@
 """The durable queue: a LevelDB of encoded envelopes keyed by sequence number, written by group commit.
 
 Keys are ``b"m" + seq`` as 8 big-endian bytes, so key order is arrival order. The next sequence
-number is also stored (``b"s:next"``) in every write, so ``seq`` stays monotonic across restarts
-even after the queue has drained empty.
+number (``b"s:next"``) is stored by every write that deletes, so ``seq`` stays monotonic across
+restarts even after the queue has drained empty; until then the newest message carries it.
 
 A value holds one envelope or a group of them (see :mod:`~sluice_runtime.receiver.stored`).
 
@@ -13,7 +13,8 @@ batch. It also serialises the forwarder's reads with drops and deletes, so a key
 claimed for sending and dropped.
 
 The forwarder *claims* messages past a cursor (kept in memory; it starts at the head after a
-restart) and later *removes* them once the publisher has acknowledged them.
+restart) and later *removes* them once the publisher has acknowledged them: they leave the count
+then, and the disk with the next bulk delete.
 """
 
 from __future__ import annotations
