@@ -388,8 +388,9 @@ async def test_a_stalled_body_gets_408_and_frees_the_connection(tmp_path: Path) 
         assert (await status_of(client))["backlog"] == 0
 
 
-# Run in a child process that the test then kills: whatever it committed is all that survives.
-_ACKNOWLEDGE_THEN_DIE = """
+# Run in a child process that the test then kills: whatever it committed is all that survives. It stores two
+# requests (4 and 6 messages) and, when told to, acknowledges the first.
+_STORE_THEN_DIE = """
 import asyncio, sys
 from pathlib import Path
 from sluice_runtime.receiver.queue import MessageQueue
@@ -397,14 +398,28 @@ from sluice_runtime.receiver.queue import MessageQueue
 async def main() -> None:
     queue = MessageQueue(Path(sys.argv[1]), max_messages=100, group_messages=250)
     await queue.open()
-    for count in (4, 6):  # two requests
+    for count in (4, 6):
         await queue.append(queue.reserve(count), [b'{"n":%d}' % n for n in range(count)])
-    await queue.remove([await queue.claim(4, 1 << 20)])
+    if sys.argv[2] == "acknowledge":
+        await queue.remove([await queue.claim(4, 1 << 20)])
     print(queue.count, flush=True)
     await asyncio.sleep(3600)
 
 asyncio.run(main())
 """
+
+
+async def store_then_die(data: Path, acknowledge: bool) -> int:
+    """The count the child reported just before it was killed."""
+    mode = "acknowledge" if acknowledge else "store"
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _STORE_THEN_DIE, str(data), mode, stdout=asyncio.subprocess.PIPE
+    )
+    assert child.stdout is not None
+    count = int(await child.stdout.readline())
+    child.send_signal(signal.SIGKILL)
+    await child.wait()
+    return count
 
 
 async def test_acknowledged_messages_leave_the_count_at_once_and_the_disk_in_bulk(tmp_path: Path) -> None:
@@ -424,13 +439,7 @@ async def test_acknowledged_messages_leave_the_count_at_once_and_the_disk_in_bul
 
 async def test_a_crash_before_the_bulk_delete_sends_the_acknowledged_messages_again(tmp_path: Path) -> None:
     data = tmp_path / "q"
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _ACKNOWLEDGE_THEN_DIE, str(data), stdout=asyncio.subprocess.PIPE
-    )
-    assert child.stdout is not None
-    assert (await child.stdout.readline()).strip() == b"6"  # 4 of the 10 acknowledged
-    child.send_signal(signal.SIGKILL)
-    await child.wait()
+    assert await store_then_die(data, acknowledge=True) == 6  # 4 of the 10 acknowledged
     assert len(stored_envelopes(data)) == 10
     queue = MessageQueue(data, max_messages=100, group_messages=250)
     await queue.open()
@@ -461,3 +470,21 @@ async def test_acknowledged_messages_are_deleted_once_they_hold_enough_bytes(
     assert reopened.count == 3
     await reopened.close()
     assert [orjson.loads(envelope)["n"] for envelope in stored_envelopes(tmp_path / "q")] == [3, 4, 5]
+
+
+async def test_a_queue_counted_by_an_earlier_version_keeps_its_count_through_a_crash(tmp_path: Path) -> None:
+    # Earlier versions updated s:count with every write; this one does not with appends, so it re-stores the count
+    # its own way as soon as it opens such a queue.
+    data = tmp_path / "q"
+    db = plyvel.DB(str(data), create_if_missing=True)
+    for seq in range(1, 6):
+        db.put(message_key(seq), orjson.dumps(make_envelope(seq, "p", "k", "/l", {"n": seq})))
+    db.put(NEXT_SEQ_KEY, (6).to_bytes(8, "big"))
+    db.put(COUNT_KEY, (5).to_bytes(8, "big"))
+    db.close()
+    assert await store_then_die(data, acknowledge=False) == 15
+    queue = MessageQueue(data, max_messages=100)
+    await queue.open()
+    assert queue.count == 15
+    assert queue.next_seq == 16
+    await queue.close()

@@ -168,6 +168,9 @@ class MessageQueue:
         self._next_seq = next_seq
         if count:
             self._data.set()
+        # Store the count as this version keeps it before anything changes it: a queue from an earlier version
+        # holds only a count that every write updated, which appends no longer do.
+        self._count_due = True
         self._committer = asyncio.create_task(self._commit_loop(), name="sluice-group-commit")
         log.info("queue opened", extra={"path": str(self.path), "backlog": count, "nextSeq": next_seq})
 
@@ -331,7 +334,8 @@ class MessageQueue:
     async def _commit_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._puts and not self._deletes and not self._count_due:
+            # A broken database is reopened before anything but an append waits on it.
+            if not self._puts and not self._deletes and not (self._count_due and not self._broken):
                 if self._closing:
                     return
                 self._wake.clear()
@@ -364,8 +368,9 @@ class MessageQueue:
                 log.error("queue write failed", extra={"error": self.last_error, "messages": added})
                 error = StoreError(self.last_error)
                 self._committing = 0
-                # The deletes go with a later commit; acknowledged messages cannot be lost, only sent again.
-                self._deletes, self._delete_messages = deletes + self._deletes, deleted + self._delete_messages
+                # The deletes go with a later bulk delete: acknowledged messages are never lost, at most sent again.
+                self._acknowledged = deletes + self._acknowledged
+                self._acknowledged_messages += deleted
                 self._count_due = self._count_due or change.count_now
                 for future in put_waiters:
                     if not future.done():
