@@ -6,10 +6,10 @@ partial batch waits at most ``batch.maxWait`` for company. Up to ``batch.maxInFl
 are outstanding at once. Each one is retried (exponential backoff with full jitter, at least
 ``Retry-After``) until the publisher answers 2xx.
 
-Deletes happen strictly in claim order: a batch acknowledged ahead of an earlier one waits in the
-window until everything before it is acknowledged too. So the database always holds one
-contiguous run of keys from the oldest unacknowledged message, and a restart resends from there;
-a message may go twice, but it is the same stored envelope byte for byte, and the publisher's
+Acknowledgements reach the queue strictly in claim order: a batch acknowledged ahead of an earlier
+one waits in the window until everything before it is acknowledged too. So the database always
+holds one contiguous run of keys, from the oldest message not yet deleted in bulk, and a restart
+resends from there; a message may go twice, but it is the same stored envelope byte for byte, and the publisher's
 ``_id`` (the envelope uuid) makes the repeat harmless. A batch's uuid is made once, so a retried
 batch is identical too.
 """
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from sluice_runtime.common.envelope import encode_batch
 from sluice_runtime.receiver.metrics import ReceiverMetrics
 from sluice_runtime.receiver.outlet import BatchNotTaken, Outlet
-from sluice_runtime.receiver.queue import Claim, MessageQueue, StoreError
+from sluice_runtime.receiver.queue import Claim, MessageQueue
 from sluice_runtime.receiver.settings import BatchSettings
 
 log = logging.getLogger("sluice.receiver.forwarder")
@@ -178,18 +178,8 @@ class Forwarder:
             done.append(self._window.popleft())
         if not done:
             return
-        claims = [slot.claim for slot in done]
-        attempt = 0
-        while True:
-            try:
-                await self.queue.remove(claims)
-                return
-            except StoreError as exc:
-                # Undeleted, they would only be sent again after a restart; keep trying.
-                attempt += 1
-                self.metrics.db_errors.inc()
-                log.warning("deleting forwarded messages failed", extra={"error": str(exc)})
-                await asyncio.sleep(backoff_delay(attempt, 0.5, 10.0))
+        # No write here: the queue deletes acknowledged messages in bulk, and retries a failed delete itself.
+        await self.queue.remove([slot.claim for slot in done])
 
     async def _deliver(self, slot: _Slot) -> None:
         assert self.outlet is not None
