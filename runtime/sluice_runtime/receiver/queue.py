@@ -131,9 +131,9 @@ class MessageQueue:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-leveldb")
         self._next_seq = 1
         self._cursor = 0  # highest seq claimed by the forwarder (touched on the database thread only)
-        # Every message key below this one is deleted (database thread only). Looking for the head from
-        # here, not from the first possible key, skips the tombstones of everything already forwarded:
-        # LevelDB keeps those until a compaction, and stepping over them cost more than the writes.
+        # Every message key below this one is acknowledged, deleted or about to be (database thread only).
+        # Looking for the head from here, not from the first possible key, skips what was already forwarded:
+        # LevelDB keeps tombstones until a compaction, and stepping over them cost more than the writes.
         self._floor = message_key(0)
         # Bookkeeping below is only changed on the event loop, from results the database thread returns.
         self.count = 0  # messages on disk and not yet acknowledged
@@ -152,7 +152,7 @@ class MessageQueue:
         self._acknowledged_bytes = 0
         self._deletes: list[bytes] = []
         self._delete_messages = 0  # held by the values of _deletes
-        self._count_due = False  # a commit is to store the count even without deletes (on close)
+        self._count_due = False  # a commit is to store the count even without deletes (on open and close)
         self._wake = asyncio.Event()
         self._data = asyncio.Event()  # set whenever new messages become claimable
         self._closing = False
@@ -316,10 +316,15 @@ class MessageQueue:
         """Move the floor past acknowledged keys (database thread) and return the time of the new head."""
         self._floor = max(self._floor, floor)
         try:
-            for _, value in self._db.iterator(start=self._floor, stop=MESSAGES_END) if self._db else ():
-                return envelope_time(value)
+            return self._head_time()
         except plyvel.Error as exc:  # the head's age is for metrics; the acknowledgement stands
             log.warning("looking up the oldest message failed", extra={"error": str(exc)})
+            return None
+
+    def _head_time(self) -> float | None:
+        """The time of the oldest message not acknowledged (database thread)."""
+        for _, value in self._db.iterator(start=self._floor, stop=MESSAGES_END) if self._db else ():
+            return envelope_time(value)
         return None
 
     def _delete_acknowledged(self) -> None:
@@ -418,7 +423,7 @@ class MessageQueue:
                             break
                 for key, value in change.puts:
                     batch.put(key, value)
-                if change.count_now or dropped:
+                if change.count_now:
                     # Claimed keys (deletes) and unclaimed ones (drops) never overlap, and every delete exists.
                     stored = (change.stored - dropped).to_bytes(8, "big")
                     batch.put(COUNTED_KEY, stored + change.next_seq.to_bytes(8, "big"))
@@ -428,12 +433,7 @@ class MessageQueue:
             # LevelDB keeps a failed write's error and refuses all later writes; reopen before the next one.
             self._broken = True
             raise
-        head_time: float | None = None
-        if dropped:
-            for _, value in db.iterator(start=self._floor, stop=MESSAGES_END):
-                head_time = envelope_time(value)
-                break
-        return _Applied(dropped, head_time)
+        return _Applied(dropped, self._head_time() if dropped else None)
 
     async def _try_reopen(self) -> None:
         try:
