@@ -136,7 +136,9 @@ async def test_a_queue_of_single_envelopes_from_an_earlier_version_is_forwarded(
     db.put(COUNT_KEY, (5).to_bytes(8, "big"))
     db.close()
     async with running_publisher(publisher_settings(out)) as publisher:
-        config = settings(data, forwardUrl=str(publisher.make_url("/in")), batch={"maxMessages": 3, "maxWait": "1h"})
+        # One batch in flight: with more, a later batch may be stored first, and the order below is the point.
+        batch = {"maxMessages": 3, "maxWait": "1h", "maxInFlight": 1}
+        config = settings(data, forwardUrl=str(publisher.make_url("/in")), batch=batch)
         async with running_receiver(config) as client:
             assert (await status_of(client))["backlog"] == 5
             ndjson = b"".join(orjson.dumps({"n": n}) + b"\n" for n in range(5, 12))
