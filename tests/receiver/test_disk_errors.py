@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from tests.receiver.support import receiver_process, services, stored_envelopes
+from tests.support.observe import metric_sum
 from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs util-linux prlimit")
@@ -46,6 +47,8 @@ def test_write_failures_are_507_and_the_queue_stays_intact(tmp_path: Path) -> No
         assert failures, "the file size limit never bit"
         assert "could not be stored" in failures[0]["message"]
         assert limited.status()["lastDatabaseError"]
+        with urllib.request.urlopen(f"{limited.base}/metrics", timeout=10) as response:
+            assert metric_sum(response.read().decode(), "rxtx_db_errors_total") == len(failures)
         # It heals by itself (reopening the database), with no traffic needed.
         wait_until(lambda: limited.status()["ready"], 10, "readiness after the error")
     acked = {answer["uuid"] for status, answer in answers if status == 200}

@@ -43,6 +43,7 @@ class Receiver:
             settings.queue.max_messages,
             drop_oldest=settings.queue.when_full == "dropOldest",
             on_commit=metrics.committed,
+            on_write_error=metrics.db_errors.inc,
             group_messages=group_size(settings.batch.max_messages),
             group_bytes=settings.batch.max_bytes,
         )

@@ -114,7 +114,6 @@ class Intake:
         try:
             await self.queue.append(first, envelopes)
         except StoreError as exc:
-            self.metrics.db_errors.inc()
             raise Rejected(507, f"the message could not be stored, nothing was kept: {exc}") from None
         self.metrics.received.inc(len(envelopes))
         if kind == "json":

@@ -116,6 +116,7 @@ class MessageQueue:
         max_messages: int,
         drop_oldest: bool = False,
         on_commit: Callable[[int, float, int], None] | None = None,
+        on_write_error: Callable[[], None] | None = None,
         group_messages: int = 1,
         group_bytes: int = 1 << 20,
     ) -> None:
@@ -126,6 +127,8 @@ class MessageQueue:
         self.drop_oldest = drop_oldest
         self._group_limits = (group_messages, group_bytes)
         self._on_commit = on_commit
+        # Every failed write, appends and bulk deletes alike: a delete has no request to report it.
+        self._on_write_error = on_write_error
         self._db: plyvel.DB | None = None
         self._broken = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-leveldb")
@@ -371,6 +374,8 @@ class MessageQueue:
             except Exception as exc:  # plyvel.Error, OSError: nothing of this batch is stored
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.error("queue write failed", extra={"error": self.last_error, "messages": added})
+                if self._on_write_error is not None:
+                    self._on_write_error()
                 error = StoreError(self.last_error)
                 self._committing = 0
                 # The deletes go with a later bulk delete: acknowledged messages are never lost, at most sent again.
