@@ -16,7 +16,16 @@ import pytest
 
 from sluice_runtime.common.envelope import format_seq, make_envelope
 from sluice_runtime.receiver import queue as queue_module
-from sluice_runtime.receiver.queue import COUNT_KEY, COUNTED_KEY, NEXT_SEQ_KEY, MessageQueue, QueueFull
+from sluice_runtime.receiver.queue import (
+    COUNTED_KEY,
+    NEXT_SEQ_KEY,
+    OLD_COUNT_KEY,
+    OLD_COUNTED_KEY,
+    OLD_KEYS,
+    OLD_NEXT_SEQ_KEY,
+    MessageQueue,
+    QueueFull,
+)
 from sluice_runtime.receiver.stored import message_key
 from tests.receiver.support import delivered, eventually, publisher_settings, settings, status_of, stored_envelopes
 from tests.support.inprocess import running_publisher, running_receiver
@@ -132,8 +141,8 @@ async def test_a_queue_of_single_envelopes_from_an_earlier_version_is_forwarded(
     db = plyvel.DB(str(data), create_if_missing=True)
     for seq in range(1, 6):
         db.put(message_key(seq), orjson.dumps(make_envelope(seq, "p", "k", "/l", {"n": seq - 1})))
-    db.put(NEXT_SEQ_KEY, (6).to_bytes(8, "big"))
-    db.put(COUNT_KEY, (5).to_bytes(8, "big"))
+    db.put(OLD_NEXT_SEQ_KEY, (6).to_bytes(8, "big"))
+    db.put(OLD_COUNT_KEY, (5).to_bytes(8, "big"))
     db.close()
     async with running_publisher(publisher_settings(out)) as publisher:
         # One batch in flight: with more, a later batch may be stored first, and the order below is the point.
@@ -474,15 +483,27 @@ async def test_acknowledged_messages_are_deleted_once_they_hold_enough_bytes(
     assert [orjson.loads(envelope)["n"] for envelope in stored_envelopes(tmp_path / "q")] == [3, 4, 5]
 
 
-async def test_a_queue_counted_by_an_earlier_version_keeps_its_count_through_a_crash(tmp_path: Path) -> None:
-    # Earlier versions updated s:count with every write; this one does not with appends, so it re-stores the count
-    # its own way as soon as it opens such a queue.
+@pytest.mark.parametrize(
+    "bookkeeping",
+    [
+        # Earlier versions updated the exact count with every write, which this one does not with appends.
+        {OLD_COUNT_KEY: (5).to_bytes(8, "big")},
+        # Later ones kept the count as of a seq (2 messages before seq 3, and 3 from it), under other keys.
+        {OLD_COUNTED_KEY: (2).to_bytes(8, "big") + (3).to_bytes(8, "big")},
+    ],
+    ids=["exact count", "count as of a seq"],
+)
+async def test_a_queue_counted_by_an_earlier_version_keeps_its_count_through_a_crash(
+    tmp_path: Path, bookkeeping: dict[bytes, bytes]
+) -> None:
+    # This version re-stores the count its own way as soon as it opens such a queue.
     data = tmp_path / "q"
     db = plyvel.DB(str(data), create_if_missing=True)
     for seq in range(1, 6):
         db.put(message_key(seq), orjson.dumps(make_envelope(seq, "p", "k", "/l", {"n": seq})))
-    db.put(NEXT_SEQ_KEY, (6).to_bytes(8, "big"))
-    db.put(COUNT_KEY, (5).to_bytes(8, "big"))
+    db.put(OLD_NEXT_SEQ_KEY, (6).to_bytes(8, "big"))
+    for key, value in bookkeeping.items():
+        db.put(key, value)
     db.close()
     assert await store_then_die(data, acknowledge=False) == 15
     queue = MessageQueue(data, max_messages=100)
@@ -490,3 +511,6 @@ async def test_a_queue_counted_by_an_earlier_version_keeps_its_count_through_a_c
     assert queue.count == 15
     assert queue.next_seq == 16
     await queue.close()
+    db = plyvel.DB(str(data))
+    assert [key for key in OLD_KEYS if db.get(key) is not None] == []
+    db.close()
