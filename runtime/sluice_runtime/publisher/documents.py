@@ -31,11 +31,28 @@ class BatchError(ValueError):
 # A struct, not a dataclass: built once per document, it costs a fifth. It never holds a cycle, so the
 # garbage collector need not track it.
 class Document(msgspec.Struct, gc=False):
+    """A document with its two lines of a ``_bulk`` body, built once: joining them with the source cost
+    half as much as formatting them from it (0.18 against 0.39 us a document)."""
+
     index: str
     id: str
     time: datetime
-    source: bytes
+    bulk_lines: bytes  # the ``create`` action and the source, each ending in a newline
     dead_letter: bool = False
+
+    @property
+    def source(self) -> bytes:
+        return self.bulk_lines[self.bulk_lines.index(b"\n") + 1 : -1]
+
+
+def action_head(index: str) -> bytes:
+    """The ``create`` action line up to the ``_id``, shared by the documents of one index."""
+    return b'{"create":{"_index":%s,"_id":' % orjson.dumps(index)
+
+
+def make_document(index: str, id: str, time: datetime, source: bytes, dead_letter: bool = False) -> Document:
+    lines = b"".join((action_head(index), orjson.dumps(id), b"}}\n", source, b"\n"))
+    return Document(index, id, time, lines, dead_letter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +62,11 @@ class Batch:
 
 
 class Stamp(NamedTuple):
-    """What a message's time decides: the parsed time, the index name and the document's opening bytes."""
+    """What a message's time decides: the parsed time, the index name and the documents' opening bytes."""
 
     when: datetime
     index: str
+    action_head: bytes  # ``{"create":{"_index":"...","_id":``
     source_head: bytes  # ``{"@timestamp":"...","rxtxMsg":``
 
 
@@ -113,15 +131,16 @@ def to_document(message: Message, position: int, index: IndexPattern, stamps: di
         stamp = stamps[message.time] = make_stamp(message.time, index, position)
     if not isinstance(message.seq, str):
         message.seq = str(message.seq)  # rtBeat's documents hold seq as a string
-    return Document(stamp.index, uuid, stamp.when, b"".join((stamp.source_head, _ENCODER.encode(message), b"}")))
+    lines = (stamp.action_head, orjson.dumps(uuid), b"}}\n", stamp.source_head, _ENCODER.encode(message), b"}\n")
+    return Document(stamp.index, uuid, stamp.when, b"".join(lines))
 
 
 def make_stamp(raw_time: str, index: IndexPattern, position: int) -> Stamp:
     when = parse_time(raw_time)
     if when is None:
         raise BatchError(f"messages[{position}].time must be an RFC 3339 time, not {raw_time!r}")
-    head = b'{"@timestamp":"%s","rxtxMsg":' % format_timestamp(when).encode()
-    return Stamp(when, index.render(when), head)
+    name = index.render(when)
+    return Stamp(when, name, action_head(name), b'{"@timestamp":"%s","rxtxMsg":' % format_timestamp(when).encode())
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -164,7 +183,8 @@ def dead_letter(document: Document, index: IndexPattern, status: int, error: dic
         "error": {"status": status, "type": str(error.get("type", "")), "reason": describe_error(error)},
         "document": document.source.decode(),
     }
-    return Document(index.render(document.time), document.id, document.time, orjson.dumps(source), dead_letter=True)
+    name = index.render(document.time)
+    return make_document(name, document.id, document.time, orjson.dumps(source), dead_letter=True)
 
 
 def describe_error(error: dict[str, Any]) -> str:
