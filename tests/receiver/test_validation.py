@@ -11,14 +11,14 @@ from sluice_runtime.receiver.forwarder import backoff_delay, batch_due_reason
 from sluice_runtime.receiver.outlet import parse_retry_after
 from sluice_runtime.receiver.settings import forward_endpoint
 from sluice_runtime.receiver.validation import (
+    EnvelopeEncoder,
     Rejected,
     Route,
     body_kind,
     check_message,
     check_route,
-    encode_envelope,
+    envelope_uuid,
     nesting_depth,
-    new_uuids,
     parse_message,
     parse_ndjson,
 )
@@ -114,6 +114,16 @@ def test_depth_limit() -> None:
     rejected(400, check_message, b'{"a":' + very_deep + b"}", 64)
 
 
+def test_ndjson_depth_is_checked_line_by_line() -> None:
+    ok = b'{"a":' * 10 + b"1" + b"}" * 10
+    many = b'{"a":[' + b",".join([b"{}"] * 100) + b"]}"
+    too_deep = b'{"a":' * 11 + b"1" + b"}" * 11
+    assert parse_ndjson(ok + b"\n" + many + b"\r\n\n" + ok, 10) == [ok, many, ok]
+    assert "line 4 is nested deeper than 10" in rejected(400, parse_ndjson, ok + b"\n" + many + b"\n\n" + too_deep, 10)
+    very_deep = b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert "line 2" in rejected(400, parse_ndjson, ok + b"\n" + very_deep + b"\n", 64)
+
+
 def test_ndjson_is_all_or_nothing_and_names_the_line() -> None:
     assert parse_ndjson(b'{"a":1}\r\n\n{"b":2}\n', 64) == [b'{"a":1}', b'{"b":2}']
     assert "line 3" in rejected(400, parse_ndjson, b'{"a":1}\n{"b":2}\n[3]\n', 64)
@@ -125,13 +135,25 @@ def test_ndjson_is_all_or_nothing_and_names_the_line() -> None:
 
 
 def test_envelope_is_rxtx_shaped_and_keeps_the_payload_text() -> None:
-    message_uuid, raw = encode_envelope(7, "2026-11-25T10:00:00.000000Z", Route("p", "k", "/l"), b'{"x": 1.50}')
-    envelope = orjson.loads(raw)
+    encoder = EnvelopeEncoder(Route("p", "k", "/l"), "2026-11-25T10:00:00.000000Z")
+    first, second = encoder.encode(7, [b'{"x": 1.50}', b"{}"])
+    envelope = orjson.loads(first)
     assert list(envelope) == ["seq", "time", "uuid", "producer", "label", "key", "payload"]
     assert envelope["seq"] == "00000000000000000007"
-    assert envelope["uuid"] == message_uuid
+    assert envelope["time"] == "2026-11-25T10:00:00.000000Z"
+    assert (envelope["producer"], envelope["key"], envelope["label"]) == ("p", "k", "/l")
+    assert envelope["uuid"] == envelope_uuid(first)
     assert envelope["payload"] == {"x": 1.5}
-    assert raw.endswith(b'"payload":{"x": 1.50}}')
+    assert first.endswith(b'"payload":{"x": 1.50}}')
+    assert orjson.loads(second)["seq"] == "00000000000000000008"
+
+
+def test_envelope_keeps_route_values_that_look_like_formatting() -> None:
+    route = Route("p%s", "k%d", '/l%%"\\%')
+    (raw,) = EnvelopeEncoder(route, "2026-11-25T10:00:00.000000Z").encode(1, [b'{"%s": "%d"}'])
+    envelope = orjson.loads(raw)
+    assert (envelope["producer"], envelope["key"], envelope["label"]) == ("p%s", "k%d", '/l%%"\\%')
+    assert envelope["payload"] == {"%s": "%d"}
 
 
 def test_forward_endpoint_accepts_base_or_in_url() -> None:
@@ -162,10 +184,11 @@ def test_when_a_batch_is_due_and_why() -> None:
     assert batch_due_reason(5, 100, 0.0, 10.0, True) == "backlog"  # the tail of a backlog goes back-to-back
 
 
-def test_new_uuids_are_valid_random_uuids() -> None:
+def test_envelopes_get_valid_random_uuids() -> None:
     import uuid
 
-    values = {value for _ in range(20) for value in new_uuids(100)}
+    encoder = EnvelopeEncoder(Route("p", "k", "/l"), "2026-11-25T10:00:00.000000Z")
+    values = {envelope_uuid(envelope) for _ in range(20) for envelope in encoder.encode(1, [b"{}"] * 100)}
     assert len(values) == 2000
     for value in list(values)[:200]:
         parsed = uuid.UUID(value)

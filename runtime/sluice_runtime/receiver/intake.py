@@ -25,7 +25,7 @@ from sluice_runtime.receiver.validation import (
     body_kind,
     check_message,
     check_route,
-    new_uuids,
+    envelope_uuid,
     parse_ndjson,
 )
 
@@ -105,19 +105,14 @@ class Intake:
             raise Rejected(503, f"{exc}; retry later") from None
         except StoreError as exc:
             raise Rejected(503, str(exc)) from None
-        encoder = EnvelopeEncoder(route, utc_now_rfc3339())
-        uuids = new_uuids(len(payloads))
-        envelopes = [
-            encoder.encode(seq, message_uuid, payload)
-            for seq, message_uuid, payload in zip(range(first, first + len(payloads)), uuids, payloads, strict=True)
-        ]
+        envelopes = EnvelopeEncoder(route, utc_now_rfc3339()).encode(first, payloads)
         try:
             await self.queue.append(first, envelopes)
         except StoreError as exc:
             raise Rejected(507, f"the message could not be stored, nothing was kept: {exc}") from None
         self.metrics.received.inc(len(envelopes))
         if kind == "json":
-            return json_response({"status": "OK", "seq": format_seq(first), "uuid": uuids[0]})
+            return json_response({"status": "OK", "seq": format_seq(first), "uuid": envelope_uuid(envelopes[0])})
         return json_response(
             {
                 "status": "OK",

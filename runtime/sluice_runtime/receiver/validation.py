@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from sluice_runtime.common.envelope import encode_seq
+from sluice_runtime.common.envelope import SEQ_DIGITS
 
 MAX_NAME_BYTES = 256  # producer and key
 MAX_LABEL_BYTES = 1024
@@ -98,6 +98,8 @@ class _AnyObject(msgspec.Struct):
 
 
 _OBJECT = msgspec.json.Decoder(_AnyObject)
+# Every byte but the opening brackets and the line break, for counting the brackets of all lines at once.
+_NOT_OPENING = bytes(range(256)).translate(None, b"{[\n")
 
 
 def check_message(raw: bytes, max_depth: int, line: int | None = None) -> None:
@@ -106,15 +108,21 @@ def check_message(raw: bytes, max_depth: int, line: int | None = None) -> None:
     Cheap checks accept the usual message without building it (a third of the cost of parsing it).
     Whatever they cannot vouch for goes to :func:`parse_message`, which decides and names the problem.
     """
+    if not _vouched(raw, raw.count(b"{") + raw.count(b"["), max_depth):
+        parse_message(raw, max_depth, line)
+
+
+def _vouched(raw: bytes, openings: int, max_depth: int) -> bool:
+    """Whether ``raw``, which holds ``openings`` opening brackets, is surely a good message. Nesting deeper
+    than max_depth needs at least max_depth brackets, so only a message that could be too deep is parsed to
+    measure it. Skipped strings are not checked for UTF-8, hence the separate check."""
+    if openings >= max_depth:
+        return False
     try:
         _OBJECT.decode(raw)
     except (msgspec.MsgspecError, RecursionError):
-        parse_message(raw, max_depth, line)
-        return
-    # Skipped strings are not checked for UTF-8. Nesting deeper than max_depth needs at least max_depth
-    # brackets; counting them runs in C, so only a body that could be too deep is parsed to measure it.
-    if not _is_utf8(raw) or raw.count(b"{") + raw.count(b"[") >= max_depth:
-        parse_message(raw, max_depth, line)
+        return False
+    return _is_utf8(raw)
 
 
 def _is_utf8(raw: bytes) -> bool:
@@ -153,10 +161,14 @@ def _where(line: int | None) -> str:
 def parse_ndjson(body: bytes, max_depth: int) -> list[bytes]:
     """The non-blank lines of an all-or-nothing NDJSON body; the first bad line fails it, by number."""
     lines: list[bytes] = []
-    for number, line in enumerate(body.split(b"\n"), start=1):
+    # The opening brackets of each line, counted for all of them in one pass in C: half the cost of
+    # counting line by line.
+    openings = body.translate(None, _NOT_OPENING).split(b"\n")
+    for number, (line, opened) in enumerate(zip(body.split(b"\n"), openings, strict=True), start=1):
         line = line.strip()  # also drops the \r of \r\n
         if line:
-            check_message(line, max_depth, number)
+            if not _vouched(line, len(opened), max_depth):
+                parse_message(line, max_depth, number)
             lines.append(line)
     if not lines:
         raise Rejected(400, "the NDJSON body holds no messages")
@@ -171,38 +183,68 @@ def type_name(value: Any) -> str:
     )
 
 
-def new_uuids(count: int) -> list[str]:
-    """Random (version 4) UUID strings. The randomness for all of them is read in one system call: one
-    per message cost a tenth of the receiver's CPU under NDJSON load (py-spy, end to end)."""
-    hexed = os.urandom(16 * count).hex()
-    uuids = []
-    for start in range(0, 32 * count, 32):
-        digits = hexed[start : start + 32]
-        variant = "89ab"[int(digits[16], 16) & 3]
-        uuids.append(f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{variant}{digits[17:20]}-{digits[20:]}")
-    return uuids
+# Byte 6 of a version 4 UUID holds the version in its high half, byte 8 the variant in its two high bits.
+_VERSION_4 = bytes((byte & 0x0F) | 0x40 for byte in range(256))
+_RFC_VARIANT = bytes((byte & 0x3F) | 0x80 for byte in range(256))
+
+
+def random_uuid_digits(count: int) -> bytes:
+    """The 32 hex digits of each of ``count`` random (version 4) UUIDs, back to back. The randomness for all
+    of them is read in one system call, and the version and variant are set in C: one call per message
+    cost a tenth of the receiver's CPU under NDJSON load (py-spy, end to end)."""
+    raw = bytearray(os.urandom(16 * count))
+    raw[6::16] = raw[6::16].translate(_VERSION_4)
+    raw[8::16] = raw[8::16].translate(_RFC_VARIANT)
+    return raw.hex().encode()
 
 
 class EnvelopeEncoder:
     """Envelopes for the messages of one request, which share producer, key, label and time.
 
-    The shared part is encoded once. The payload's checked JSON text is spliced in as sent, so it is
-    not encoded twice; what is stored is exactly what is forwarded on every (re)send. Keys keep
-    rxtx's order: seq, time, uuid, producer, label, key, payload.
+    The shared part is encoded once, into a template that each envelope fills in with its seq, a new
+    uuid and its payload in one step (0.83 against 0.97 us a message for a uuid and a join each). The
+    payload's checked JSON text is spliced in as sent, so it is not encoded twice; what is stored is
+    exactly what is forwarded on every (re)send. Keys keep rxtx's order: seq, time, uuid, producer,
+    label, key, payload.
     """
 
-    __slots__ = ("_middle",)
+    __slots__ = ("_template",)
 
     def __init__(self, route: Route, time: str) -> None:
-        shared = orjson.dumps({"producer": route.producer, "label": route.label, "key": route.key})
-        self._middle = b'","time":' + orjson.dumps(time) + b',"uuid":"', b'",' + shared[1:-1] + b',"payload":'
+        time_field = orjson.dumps({"time": time})[1:-1]
+        route_fields = orjson.dumps({"producer": route.producer, "label": route.label, "key": route.key})[1:-1]
+        self._template = b",".join(
+            (
+                b'{"seq":"%%0%dd"' % SEQ_DIGITS,
+                time_field.replace(b"%", b"%%"),  # a % that a shared value holds must come out as itself
+                b'"uuid":"%s-%s-%s-%s-%s"',
+                route_fields.replace(b"%", b"%%"),
+                b'"payload":%s}',
+            )
+        )
 
-    def encode(self, seq: int, message_uuid: str, payload: bytes) -> bytes:
-        before_uuid, after_uuid = self._middle
-        return b"".join((b'{"seq":"', encode_seq(seq), before_uuid, message_uuid.encode(), after_uuid, payload, b"}"))
+    def encode(self, first_seq: int, payloads: list[bytes]) -> list[bytes]:
+        """The envelopes of ``payloads``, numbered from ``first_seq``, each with a new random uuid."""
+        digits = random_uuid_digits(len(payloads))
+        template = self._template
+        return [
+            template
+            % (
+                seq,
+                digits[at : at + 8],
+                digits[at + 8 : at + 12],
+                digits[at + 12 : at + 16],
+                digits[at + 16 : at + 20],
+                digits[at + 20 : at + 32],
+                payload,
+            )
+            for seq, at, payload in zip(
+                range(first_seq, first_seq + len(payloads)), range(0, 32 * len(payloads), 32), payloads, strict=True
+            )
+        ]
 
 
-def encode_envelope(seq: int, time: str, route: Route, payload: bytes) -> tuple[str, bytes]:
-    """``(uuid, envelope bytes)`` for one message."""
-    (message_uuid,) = new_uuids(1)
-    return message_uuid, EnvelopeEncoder(route, time).encode(seq, message_uuid, payload)
+def envelope_uuid(envelope: bytes) -> str:
+    """The uuid of an envelope from :class:`EnvelopeEncoder`, which writes it before anything a client chose."""
+    start = envelope.index(b'"uuid":"') + 8
+    return envelope[start : start + 36].decode()
