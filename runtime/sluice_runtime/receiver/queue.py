@@ -86,7 +86,7 @@ class Claim:
     size: int = 0  # messages the values hold
     more: bool = False  # stopped at a limit with more messages behind it
 
-    def batch_items(self) -> list[bytes]:
+    def batch_items(self) -> list[bytes | memoryview]:
         """The values as items of a batch's ``messages`` array, each holding one or more envelopes."""
         return [comma_joined(value) for value in self.values]
 

@@ -32,13 +32,19 @@ def key_seq(key: bytes) -> int:
 
 
 def member_count(value: bytes) -> int:
-    return value.count(b"\n") if value[:1] == GROUP_TAG else 1
+    return _newlines(value) if value[:1] == GROUP_TAG else 1
 
 
-def comma_joined(value: bytes) -> bytes:
+def _newlines(value: bytes) -> int:
+    # Deleting them finds each with memchr, where bytes.count looks at every byte in turn: 0.03 against
+    # 0.16 us a message in a group of 250.
+    return len(value) - len(value.replace(b"\n", b""))
+
+
+def comma_joined(value: bytes) -> bytes | memoryview:
     """The envelopes a stored value holds as items of a batch's ``messages`` array: a group's separating
-    newlines become commas, in C, with no envelope split out."""
-    return value[1:].replace(b"\n", b",") if value[:1] == GROUP_TAG else value
+    newlines become commas, in C, with no envelope split out, and the leading one is left out without a copy."""
+    return memoryview(value.replace(b"\n", b","))[1:] if value[:1] == GROUP_TAG else value
 
 
 def first_member(value: bytes) -> bytes:
@@ -61,13 +67,19 @@ def group_entries(
         if len(chunk) == 1:
             stored.append((message_key(first_seq + start), chunk[0]))
             continue
-        group = GROUP_TAG + b"\n".join(chunk)
+        group = _group(chunk)
         # One newline per member means none holds a newline of its own: the common case, checked at C speed.
-        if group.count(b"\n") == len(chunk) and len(group) <= max_bytes:
+        if _newlines(group) == len(chunk) and len(group) <= max_bytes:
             stored.append((message_key(first_seq + start), group))
         else:
             stored.extend(_group_one_by_one(first_seq + start, chunk, max_bytes))
     return stored
+
+
+def _group(envelopes: list[bytes]) -> bytes:
+    # One join writes the tag too (an empty first item): prefixing the joined group copied it again, which
+    # cost as much as the join.
+    return GROUP_TAG.join([b"", *envelopes])
 
 
 def _group_one_by_one(first_seq: int, envelopes: list[bytes], max_bytes: int) -> list[tuple[bytes, bytes]]:
@@ -77,7 +89,7 @@ def _group_one_by_one(first_seq: int, envelopes: list[bytes], max_bytes: int) ->
 
     def close_run() -> None:
         if run:
-            stored.append((message_key(run_seq), run[0] if len(run) == 1 else GROUP_TAG + b"\n".join(run)))
+            stored.append((message_key(run_seq), run[0] if len(run) == 1 else _group(run)))
             run.clear()
 
     for seq, envelope in enumerate(envelopes, start=first_seq):
