@@ -119,10 +119,8 @@ def envelope_time(value: bytes) -> float | None:
 
 def count_entries(count: int, next_seq: int) -> tuple[tuple[bytes, bytes], ...]:
     """The bookkeeping to store: the count with the next seq it was taken at, and the next seq."""
-    return (COUNTED_KEY, count.to_bytes(8, "big") + next_seq.to_bytes(8, "big")), (
-        NEXT_SEQ_KEY,
-        next_seq.to_bytes(8, "big"),
-    )
+    counted = count.to_bytes(8, "big") + next_seq.to_bytes(8, "big")
+    return (COUNTED_KEY, counted), (NEXT_SEQ_KEY, next_seq.to_bytes(8, "big"))
 
 
 class MessageQueue:
