@@ -75,9 +75,10 @@ def test_batch_becomes_rtbeat_documents_with_uuid_ids() -> None:
 
 
 def test_go_rxtx_batches_are_accepted() -> None:
-    # rxtx (Go) writes nanosecond times with a zone offset, seq as a string, and null for no messages.
+    # rxtx (Go) writes nanosecond times with a zone offset, seq as a string (the day, then a counter of 11
+    # digits), and null for no messages.
     message = {
-        "seq": "42",
+        "seq": "2018060100000000042",
         "time": "2018-06-01T10:00:00.123456789+02:00",
         "uuid": "b0d1f7a2-6a53-4c5e-9d1b-1f7f0e0c9a11",
         "producer": "me",
@@ -87,7 +88,9 @@ def test_go_rxtx_batches_are_accepted() -> None:
     }
     batch = parse_batch(orjson.dumps({"uuid": "u", "size": 1, "messages": [message]}), MONTHLY)
     assert batch.documents[0].index == "wx-rtbeat-2018.06"
-    assert orjson.loads(batch.documents[0].source)["@timestamp"] == "2018-06-01T08:00:00.123Z"
+    source = orjson.loads(batch.documents[0].source)
+    assert source["@timestamp"] == "2018-06-01T08:00:00.123Z"
+    assert source["rxtxMsg"] == message
     assert parse_batch(b'{"uuid":"u","size":0,"messages":null}', MONTHLY).documents == []
 
 
