@@ -28,6 +28,11 @@ def _end_to_end_ratios(pair: dict[str, Any], suffix: str) -> dict[str, float | N
     }
 
 
+# The end-to-end pairs measured besides the two-process one, by result key and ratio name suffix: one process
+# (sluice run --es-url), and two with the engine on CPUs of its own, as it has nodes of its own in a cluster.
+END_TO_END_VARIANTS = (("oneHop", "OneHop"), ("engineApart", "EngineApart"))
+
+
 def runtime_ratios(runtime: dict[str, Any]) -> dict[str, Any]:
     ceiling = runtime["directBulk"]
     current = runtime["current"]
@@ -41,12 +46,9 @@ def runtime_ratios(runtime: dict[str, Any]) -> dict[str, Any]:
         # Against the same documents sent straight to _bulk in turns with it, both timed until searchable.
         **_end_to_end_ratios(current, ""),
     }
-    if current.get("oneHop"):
-        out.update(_end_to_end_ratios(current["oneHop"], "OneHop"))
-    apart = current.get("engineApart")
-    if apart:
-        # The same pairs with the engine on CPUs of its own, as it has nodes of its own in a cluster.
-        out.update(_end_to_end_ratios(apart, "EngineApart"))
+    for key, suffix in END_TO_END_VARIANTS:
+        if current.get(key):
+            out.update(_end_to_end_ratios(current[key], suffix))
     if previous:
         out["currentToPrevious"] = {
             "publisherIn": {
@@ -59,14 +61,11 @@ def runtime_ratios(runtime: dict[str, Any]) -> dict[str, Any]:
                 if key in previous
             },
         }
-        if current.get("oneHop") and previous.get("oneHop"):
-            out["currentToPrevious"]["endToEndOneHop"] = _ratio(
-                current["oneHop"]["endToEnd"]["perSecond"], previous["oneHop"]["endToEnd"]["perSecond"]
-            )
-        if apart and previous.get("engineApart"):
-            out["currentToPrevious"]["endToEndEngineApart"] = _ratio(
-                apart["endToEnd"]["perSecond"], previous["engineApart"]["endToEnd"]["perSecond"]
-            )
+        for key, suffix in END_TO_END_VARIANTS:
+            if current.get(key) and previous.get(key):
+                out["currentToPrevious"][f"endToEnd{suffix}"] = _ratio(
+                    current[key]["endToEnd"]["perSecond"], previous[key]["endToEnd"]["perSecond"]
+                )
     return out
 
 
