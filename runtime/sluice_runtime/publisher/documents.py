@@ -131,6 +131,7 @@ def to_document(message: Message, position: int, index: IndexPattern, stamps: di
         stamp = stamps[message.time] = make_stamp(message.time, index, position)
     if not isinstance(message.seq, str):
         message.seq = str(message.seq)  # rtBeat's documents hold seq as a string
+    # make_document's lines, with the source in pieces, joined here: a call taking the pieces cost 0.16 us more.
     lines = (stamp.action_head, orjson.dumps(uuid), b"}}\n", stamp.source_head, _ENCODER.encode(message), b"}\n")
     return Document(stamp.index, uuid, stamp.when, b"".join(lines))
 
